@@ -1,0 +1,230 @@
+"""Swap a Hugging Face model's input embedding for an SVD or MESSI layer; save and load it.
+
+A compressed folder is an ordinary Hugging Face folder (config.json, model.safetensors,
+tokenizer files) plus ``messi.json``, which says how to rebuild the factored layers. Weights
+are read and written with safetensors, settings with JSON: no pickle, no remote code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+import transformers
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from . import __version__
+from .errors import MessiError
+from .factorize import (METHODS, check_ratio, compression, messi_factorize, parameter_count,
+                        rank_for_ratio, relative_error, svd_factorize)
+from .io import atomic_dir, write_json
+from .layers import FactorizedEmbedding, ProjectiveEmbedding, TiedOutputEmbedding, _LowRankEmbedding
+from .models import resolve_model
+
+CONFIG_NAME = "messi.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def _input_embedding(model: nn.Module) -> nn.Embedding:
+    getter = getattr(model, "get_input_embeddings", None)
+    emb = getter() if getter else None
+    if isinstance(emb, _LowRankEmbedding):
+        raise MessiError("this model's embedding is already compressed; start from the original model")
+    if not isinstance(emb, nn.Embedding):
+        raise MessiError(
+            f"{type(model).__name__} has no input embedding (get_input_embeddings() gave "
+            f"{type(emb).__name__}); pass a Hugging Face text model"
+        )
+    return emb
+
+
+def _is_tied(model: nn.Module, emb: nn.Embedding) -> bool:
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    w = getattr(out, "weight", None)
+    return isinstance(w, torch.Tensor) and w.data_ptr() == emb.weight.data_ptr()
+
+
+def _install(model: nn.Module, layer: _LowRankEmbedding, tied: bool) -> None:
+    """Put ``layer`` in as the input embedding (and as the tied output projection)."""
+    if tied:
+        old = model.get_output_embeddings()
+        model.set_output_embeddings(TiedOutputEmbedding(layer, getattr(old, "bias", None)))
+        model.config.tie_word_embeddings = False  # stop transformers re-tying to a `weight`
+    model.set_input_embeddings(layer)
+
+
+def compress(model: nn.Module, method: str = "messi", ratio: float = 0.4, k: int = 3,
+             rank: int | None = None, seed: int = 0, n_init: int = 4, max_iter: int = 50,
+             tol: float = 1e-4, verbose: bool = False) -> nn.Module:
+    """Replace ``model.get_input_embeddings()`` by an SVD or MESSI layer, in place.
+
+    Parameters
+    ----------
+    model : a Hugging Face ``PreTrainedModel`` (BERT, DistilBERT, RoBERTa, MPNet, ...).
+    method : "messi" (k subspaces) or "svd" (one subspace).
+    ratio : target compression of the embedding, 1 - new/old parameters, in (0, 1).
+    k : number of subspaces for MESSI (ignored for SVD).
+    rank : dimension j of the subspaces; None picks the largest j reaching ``ratio``.
+    seed, n_init, max_iter, tol : settings of the projective clustering.
+
+    Returns the same model; ``model.messi_config`` holds what ``save`` writes to messi.json.
+    A tied output projection (masked-LM heads) is switched to the factored table too.
+    """
+    if method not in METHODS:
+        raise MessiError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    check_ratio(ratio)
+    if method == "svd":
+        k = 1
+    if not isinstance(k, int) or k < 1:
+        raise MessiError(f"k must be an integer >= 1, got {k!r}")
+    emb = _input_embedding(model)
+    A = emb.weight.detach()
+    n, d = A.shape
+    if rank is None:
+        rank = rank_for_ratio(n, d, k, ratio)
+    elif not isinstance(rank, int) or not 1 <= rank < d:
+        raise MessiError(f"rank must be an integer in [1, {d - 1}] for hidden size {d}, got {rank!r}")
+    tied = _is_tied(model, emb)
+    start = time.perf_counter()
+    if method == "svd":
+        layer = FactorizedEmbedding.from_factors(svd_factorize(A, rank), emb.padding_idx,
+                                                 _padding_row(A, emb.padding_idx))
+    else:
+        factors = messi_factorize(A, k, rank, seed=seed, n_init=n_init, max_iter=max_iter,
+                                  tol=tol, verbose=verbose)
+        layer = ProjectiveEmbedding.from_factors(factors, emb.padding_idx,
+                                                 _padding_row(A, emb.padding_idx))
+    seconds = time.perf_counter() - start
+    layer = layer.to(device=A.device, dtype=A.dtype)
+    with torch.no_grad():
+        rel = relative_error(A, layer.weight)
+    _install(model, layer, tied)
+    model.messi_config = {
+        "method": method, "k": k, "rank": rank, "ratio": ratio,
+        "compression": compression(n, d, k, rank),
+        "seed": seed, "n_init": n_init, "max_iter": max_iter, "tol": tol,
+        "num_embeddings": n, "embedding_dim": d, "padding_idx": emb.padding_idx,
+        "embedding_params_before": n * d,
+        "embedding_params_after": parameter_count(n, d, k, rank),
+        "label_bytes": getattr(layer, "label_bytes", 0),
+        "rel_error": rel, "tied_output": tied, "fit_seconds": seconds,
+        "model_class": type(model).__name__, "messi_version": __version__,
+    }
+    return model
+
+
+def _padding_row(A: torch.Tensor, padding_idx: int | None):
+    return None if padding_idx is None else A[padding_idx]
+
+
+def save(model: nn.Module, path: str | os.PathLike, tokenizer=None, extra: dict | None = None) -> Path:
+    """Write a compressed ``model`` to the folder ``path``, atomically.
+
+    The folder gets config.json, model.safetensors, messi.json and, if given, the tokenizer's
+    files. ``extra`` adds keys to messi.json (e.g. where the model came from). An existing
+    folder is replaced only once the new one is complete.
+    """
+    info = getattr(model, "messi_config", None)
+    if info is None:
+        raise MessiError("this model was not compressed with messi.compress; nothing to save")
+    path = Path(path)
+    with atomic_dir(path) as tmp:
+        model.config.save_pretrained(tmp)
+        save_model(model, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        write_json(tmp / CONFIG_NAME, {**info, **(extra or {})})
+    return path
+
+
+def read_info(path: str | os.PathLike) -> dict:
+    """The messi.json of a compressed folder, or MessiError saying what is missing or broken."""
+    path = Path(path)
+    if not path.is_dir():
+        raise MessiError(f"{path} does not exist or is not a folder; give a folder written by `messi compress`")
+    file = path / CONFIG_NAME
+    if not file.is_file():
+        raise MessiError(f"{path} has no {CONFIG_NAME}: not a messi folder; create one with `messi compress`")
+    try:
+        info = json.loads(file.read_text())
+        for key in ("method", "k", "rank", "num_embeddings", "embedding_dim", "model_class"):
+            info[key]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise MessiError(f"{file} is corrupt ({type(e).__name__}: {e}); re-run `messi compress`") from e
+    return info
+
+
+def _model_class(name: str):
+    cls = getattr(transformers, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        raise MessiError(f"model class {name!r} is not a transformers model class; "
+                         "upgrade transformers or re-run `messi compress`")
+    return cls
+
+
+def load(path: str | os.PathLike, device: str | torch.device | None = None) -> nn.Module:
+    """Rebuild a model saved by ``save``: same class, factored layers, saved weights; eval mode.
+
+    Reads only JSON and safetensors. Gives exactly the outputs the saved model gave.
+    """
+    path = Path(path)
+    info = read_info(path)
+    weights = path / WEIGHTS_NAME
+    if not weights.is_file():
+        raise MessiError(f"{path} has no {WEIGHTS_NAME}; the folder is incomplete, re-run `messi compress`")
+    try:
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise MessiError(f"{path}/config.json is missing or corrupt ({e}); re-run `messi compress`") from e
+    model = _model_class(info["model_class"])(config)
+    n, d, j, k, pad = (info["num_embeddings"], info["embedding_dim"], info["rank"], info["k"],
+                       info.get("padding_idx"))
+    if info["method"] == "svd":
+        layer = FactorizedEmbedding(n, d, j, pad)
+    else:
+        layer = ProjectiveEmbedding(n, d, j, k, pad)
+    _install(model, layer, info.get("tied_output", False))
+    try:
+        load_model(model, str(weights), strict=True)
+    except (SafetensorError, RuntimeError, OSError) as e:
+        first = str(e).strip().splitlines()[0][:300]
+        raise MessiError(f"{weights} is corrupt or does not match messi.json ({first}); "
+                         "re-run `messi compress`") from e
+    model.messi_config = info
+    model.eval()
+    return model.to(device) if device is not None else model
+
+
+def load_pretrained(name_or_path: str | os.PathLike | None = None) -> nn.Module:
+    """Load an original or compressed model by built-in name or folder, in eval mode.
+
+    A folder with messi.json goes through ``load``; any other Hugging Face folder loads with
+    the class its config names (``architectures``), falling back to ``AutoModel``.
+    """
+    if name_or_path is not None and (Path(name_or_path) / CONFIG_NAME).is_file():
+        return load(name_or_path)
+    path = resolve_model(name_or_path)
+    config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+    archs = getattr(config, "architectures", None) or []
+    cls = getattr(transformers, archs[0], None) if archs else None
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        cls = transformers.AutoModel
+    try:
+        model = cls.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise MessiError(f"could not load the model in {path} ({e}); check the folder's weights") from e
+    return model.eval()
+
+
+def load_tokenizer(name_or_path: str | os.PathLike | None = None):
+    """The tokenizer stored with a model (built-in name or folder), or None if it has none."""
+    path = Path(name_or_path) if name_or_path is not None and Path(name_or_path).is_dir() else resolve_model(name_or_path)
+    try:
+        return transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError):
+        return None

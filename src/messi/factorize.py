@@ -1,0 +1,108 @@
+"""Low-rank factorisations of a matrix A (n x d), and the sizes that hit a compression target.
+
+SVD: one rank-j subspace for all rows. MESSI: k rank-j subspaces, each row in its closest one.
+Both return coordinates (n, j) and orthonormal bases (k, j, d) with k = 1 for SVD, so that
+``A[r] ~ coords[r] @ bases[labels[r]]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .clustering import ProjectiveClustering, as_matrix, coordinates
+from .errors import MessiError
+
+METHODS = ("svd", "messi")
+
+
+@dataclass
+class Factors:
+    """A factorised matrix.
+
+    coords : (n, j) coordinates of every row in its subspace.
+    bases : (k, j, d) orthonormal rows spanning each subspace (k = 1 for SVD).
+    labels : (n,) int64 subspace of every row.
+    """
+
+    coords: torch.Tensor
+    bases: torch.Tensor
+    labels: torch.Tensor
+
+    def reconstruct(self) -> torch.Tensor:
+        """The approximated matrix (n, d)."""
+        out = self.coords.new_empty(self.coords.shape[0], self.bases.shape[2])
+        for i in range(self.bases.shape[0]):
+            rows = self.labels == i
+            out[rows] = self.coords[rows] @ self.bases[i]
+        return out
+
+
+def parameter_count(n: int, d: int, k: int, rank: int) -> int:
+    """Stored numbers of a k-subspace factorisation: n*j coordinates + k*j*d basis entries."""
+    return n * rank + k * rank * d
+
+
+def compression(n: int, d: int, k: int, rank: int) -> float:
+    """1 - new/old parameters for an (n, d) matrix stored as k subspaces of dimension ``rank``."""
+    return 1.0 - parameter_count(n, d, k, rank) / (n * d)
+
+
+def check_ratio(ratio: float) -> None:
+    """Raise MessiError unless 0 < ratio < 1."""
+    if not (isinstance(ratio, (int, float)) and 0.0 < ratio < 1.0):
+        raise MessiError(f"ratio must be strictly between 0 and 1 (e.g. 0.4 for -40%), got {ratio!r}")
+
+
+def rank_for_ratio(n: int, d: int, k: int, ratio: float) -> int:
+    """Largest j whose compression of an (n, d) matrix with k subspaces is at least ``ratio``."""
+    check_ratio(ratio)
+    if k < 1:
+        raise MessiError(f"k must be >= 1, got {k}")
+    budget = (1.0 - ratio) * n * d
+    j = int(budget // (n + k * d))
+    while j >= 1 and compression(n, d, k, j) < ratio:  # guard the float division above
+        j -= 1
+    while compression(n, d, k, j + 1) >= ratio and j + 1 < d:
+        j += 1
+    if j < 1:
+        best = compression(n, d, k, 1)
+        raise MessiError(
+            f"no rank >= 1 reaches {ratio:.0%} compression with k={k} on a {n} x {d} matrix "
+            f"(rank 1 gives {best:.1%}); lower the ratio or k"
+        )
+    if j >= d:
+        raise MessiError(f"ratio {ratio} is too small to need a rank below {d}; raise it")
+    return j
+
+
+def svd_factorize(A, rank: int) -> Factors:
+    """Truncated SVD of ``A`` (n, d): coords = U_j S_j (n, j), bases = V_j^T (1, j, d)."""
+    X = as_matrix(A)
+    _check_rank(rank, X.shape[1])
+    U, S, Vh = torch.linalg.svd(X, full_matrices=False)
+    labels = torch.zeros(X.shape[0], dtype=torch.long, device=X.device)
+    return Factors(U[:, :rank] * S[:rank], Vh[None, :rank].contiguous(), labels)
+
+
+def messi_factorize(A, k: int, rank: int, seed: int = 0, n_init: int = 4, max_iter: int = 50,
+                    tol: float = 1e-4, verbose: bool = False) -> Factors:
+    """MESSI: (k, j)-projective clustering of the rows of ``A`` (n, d), then every row's
+    coordinates (n, j) in its cluster's basis (k, j, d)."""
+    X = as_matrix(A)
+    _check_rank(rank, X.shape[1])
+    pc = ProjectiveClustering(n_clusters=k, rank=rank, n_init=n_init, max_iter=max_iter, tol=tol,
+                              seed=seed, verbose=verbose).fit(X)
+    return Factors(coordinates(X, pc.bases_, pc.labels_), pc.bases_, pc.labels_)
+
+
+def relative_error(A: torch.Tensor, approx: torch.Tensor) -> float:
+    """|A - approx|^2 / |A|^2, in float64."""
+    A64 = A.detach().double()
+    return float((A64 - approx.detach().double()).square().sum() / A64.square().sum())
+
+
+def _check_rank(rank, d: int) -> None:
+    if not isinstance(rank, int) or not 1 <= rank < d:
+        raise MessiError(f"rank must be an integer in [1, {d - 1}] for hidden size {d}, got {rank!r}")

@@ -1,0 +1,192 @@
+"""Drop-in replacements for ``nn.Embedding`` that store the table in factored form.
+
+- ``FactorizedEmbedding`` (SVD): coords (n, j) @ basis (j, d); n*j + j*d parameters.
+- ``ProjectiveEmbedding`` (MESSI): token t -> coords[t] (j) @ bases[labels[t]] (j, d);
+  n*j + k*j*d parameters plus a small integer buffer ``labels`` (n,).
+
+Both keep ``nn.Embedding``'s interface: ``forward(input_ids)``, ``num_embeddings``,
+``embedding_dim``, ``padding_idx`` (its row is a constant buffer that gets no gradient, as in
+``nn.Embedding``), and a ``weight`` property that rebuilds the full (n, d) table for code that
+reads it. ``attend(hidden)`` computes ``hidden @ weight.T`` without building the table, for tied
+output heads (``TiedOutputEmbedding``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .factorize import Factors
+
+
+def _label_dtype(k: int) -> torch.dtype:
+    """Smallest integer dtype that holds cluster ids 0..k-1."""
+    return torch.uint8 if k <= 256 else torch.int16 if k <= 32768 else torch.int32
+
+
+class _LowRankEmbedding(nn.Module):
+    """Shared plumbing: padding row, flattening, ``weight``; subclasses define ``_lookup``."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, rank: int, padding_idx: int | None):
+        super().__init__()
+        if padding_idx is not None and padding_idx < 0:
+            padding_idx += num_embeddings
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.rank = rank
+        self.padding_idx = padding_idx
+        self.coords = nn.Parameter(torch.zeros(num_embeddings, rank))
+        if padding_idx is not None:
+            self.register_buffer("padding_vector", torch.zeros(embedding_dim))
+
+    def _lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _attend(self, hidden: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Embeddings (..., d) of ``input_ids`` (...) of any shape."""
+        flat = input_ids.reshape(-1)
+        out = self._lookup(flat)
+        if self.padding_idx is not None:
+            pad = (flat == self.padding_idx)[:, None]
+            out = torch.where(pad, self.padding_vector.to(out.dtype), out)
+        return out.reshape(*input_ids.shape, self.embedding_dim)
+
+    def attend(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Scores ``hidden @ weight.T``: (..., d) -> (..., n), without the (n, d) table."""
+        flat = hidden.reshape(-1, self.embedding_dim)
+        logits = self._attend(flat)
+        if self.padding_idx is not None:
+            logits[:, self.padding_idx] = flat @ self.padding_vector.to(flat.dtype)
+        return logits.reshape(*hidden.shape[:-1], self.num_embeddings)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The full table (n, d), rebuilt on each access (differentiable)."""
+        return self.forward(torch.arange(self.num_embeddings, device=self.coords.device))
+
+    def num_factor_parameters(self) -> int:
+        """Trainable numbers stored: coordinates plus bases."""
+        return sum(p.numel() for p in self.parameters())
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_embeddings}, {self.embedding_dim}, rank={self.rank}, "
+                f"padding_idx={self.padding_idx}")
+
+
+class FactorizedEmbedding(_LowRankEmbedding):
+    """SVD-factored embedding: ``E[t] = coords[t] @ basis``.
+
+    Parameters: coords (num_embeddings, rank), basis (rank, embedding_dim).
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, rank: int,
+                 padding_idx: int | None = None):
+        super().__init__(num_embeddings, embedding_dim, rank, padding_idx)
+        self.basis = nn.Parameter(torch.zeros(rank, embedding_dim))
+
+    @classmethod
+    def from_factors(cls, factors: Factors, padding_idx: int | None = None,
+                     padding_vector: torch.Tensor | None = None) -> "FactorizedEmbedding":
+        """Layer holding ``factors`` (k must be 1); ``padding_vector`` (d) is the padding row."""
+        (n, j), d = factors.coords.shape, factors.bases.shape[2]
+        layer = cls(n, d, j, padding_idx).to(factors.coords.dtype)
+        with torch.no_grad():
+            layer.coords.copy_(factors.coords)
+            layer.basis.copy_(factors.bases[0])
+            if padding_idx is not None and padding_vector is not None:
+                layer.padding_vector.copy_(padding_vector)
+        return layer
+
+    def _lookup(self, ids):
+        return F.embedding(ids, self.coords) @ self.basis
+
+    def _attend(self, hidden):
+        return (hidden @ self.basis.T) @ self.coords.T
+
+
+class ProjectiveEmbedding(_LowRankEmbedding):
+    """MESSI embedding: k subspaces; token t -> ``coords[t] @ bases[labels[t]]``.
+
+    Parameters: coords (num_embeddings, rank), bases (n_clusters, rank, embedding_dim).
+    Buffer: labels (num_embeddings,), the smallest integer dtype that holds n_clusters.
+    A lookup sorts the batch's tokens by cluster and does one (m_i, j) @ (j, d) product per
+    cluster: no per-token basis copies, no dense (n, k*j) matrix.
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, rank: int, n_clusters: int,
+                 padding_idx: int | None = None):
+        super().__init__(num_embeddings, embedding_dim, rank, padding_idx)
+        self.n_clusters = n_clusters
+        self.bases = nn.Parameter(torch.zeros(n_clusters, rank, embedding_dim))
+        self.register_buffer("labels", torch.zeros(num_embeddings, dtype=_label_dtype(n_clusters)))
+
+    @classmethod
+    def from_factors(cls, factors: Factors, padding_idx: int | None = None,
+                     padding_vector: torch.Tensor | None = None) -> "ProjectiveEmbedding":
+        """Layer holding ``factors``; ``padding_vector`` (d) is the padding row."""
+        (n, j), (k, _, d) = factors.coords.shape, factors.bases.shape
+        layer = cls(n, d, j, k, padding_idx).to(factors.coords.dtype)
+        with torch.no_grad():
+            layer.coords.copy_(factors.coords)
+            layer.bases.copy_(factors.bases)
+            layer.labels.copy_(factors.labels.to(layer.labels.dtype))
+            if padding_idx is not None and padding_vector is not None:
+                layer.padding_vector.copy_(padding_vector)
+        return layer
+
+    @property
+    def label_bytes(self) -> int:
+        """Bytes of the cluster-id buffer (not a parameter; reported separately)."""
+        return self.labels.numel() * self.labels.element_size()
+
+    def _by_cluster(self, clusters: torch.Tensor):
+        """Permutation that sorts ``clusters`` (m,) and the size of each cluster's run."""
+        order = torch.argsort(clusters, stable=True)
+        counts = torch.bincount(clusters, minlength=self.n_clusters).tolist()
+        return order, counts
+
+    def _lookup(self, ids):
+        u = F.embedding(ids, self.coords)  # (N, j)
+        if self.n_clusters == 1:
+            return u @ self.bases[0]
+        order, counts = self._by_cluster(self.labels[ids].long())
+        pieces = torch.split(u[order], counts)
+        out_sorted = torch.cat([p @ self.bases[i] for i, p in enumerate(pieces)])
+        return torch.empty_like(out_sorted).index_copy(0, order, out_sorted)
+
+    def _attend(self, hidden):
+        order, counts = self._by_cluster(self.labels.long())
+        coords_sorted = torch.split(self.coords[order], counts)
+        # (M, j) @ (j, m_i) per cluster: the scores of the tokens that live in cluster i
+        scores = torch.cat([(hidden @ self.bases[i].T) @ c.T for i, c in enumerate(coords_sorted)], dim=1)
+        return torch.empty_like(scores).index_copy(1, order, scores)
+
+
+class TiedOutputEmbedding(nn.Module):
+    """Output projection tied to a factored input embedding: logits = hidden @ E.T + bias.
+
+    Replaces an ``nn.Linear`` decoder whose weight was tied to the input embedding (e.g. a
+    masked-LM head). It holds no copy of the table: the embedding is referenced, not owned, so
+    its parameters appear once in the state dict.
+    """
+
+    def __init__(self, embedding: _LowRankEmbedding, bias: nn.Parameter | None = None):
+        super().__init__()
+        self.__dict__["embedding"] = embedding  # a reference, not a submodule
+        self.bias = bias
+        self.in_features = embedding.embedding_dim
+        self.out_features = embedding.num_embeddings
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The tied (n, d) table, rebuilt."""
+        return self.embedding.weight
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits (..., n) of ``hidden`` (..., d)."""
+        logits = self.embedding.attend(hidden)
+        return logits if self.bias is None else logits + self.bias
