@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import transformers
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import __version__
@@ -122,6 +122,32 @@ def _padding_row(A: torch.Tensor, padding_idx: int | None):
     return None if padding_idx is None else A[padding_idx]
 
 
+def _save_weights(model: nn.Module, file: Path) -> None:
+    """Write the state dict with safetensors; a tensor shared under several names (tied
+    weights) is stored once and the other names go in the metadata as aliases."""
+    tensors, aliases, seen = {}, {}, {}
+    for name, t in model.state_dict().items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        if key in seen:
+            aliases[name] = seen[key]
+        else:
+            seen[key] = name
+            tensors[name] = t.detach().contiguous()
+    save_file(tensors, str(file), metadata={"format": "pt", "aliases": json.dumps(aliases)})
+
+
+def _load_weights(model: nn.Module, file: Path) -> None:
+    """Load what ``_save_weights`` wrote, strictly: every name of the model must be there."""
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as f:
+        aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+    state = load_file(str(file))
+    for name, target in aliases.items():
+        state[name] = state[target]
+    model.load_state_dict(state, strict=True)
+
+
 def save(model: nn.Module, path: str | os.PathLike, tokenizer=None, extra: dict | None = None) -> Path:
     """Write a compressed ``model`` to the folder ``path``, atomically.
 
@@ -135,7 +161,7 @@ def save(model: nn.Module, path: str | os.PathLike, tokenizer=None, extra: dict 
     path = Path(path)
     with atomic_dir(path) as tmp:
         model.config.save_pretrained(tmp)
-        save_model(model, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        _save_weights(model, tmp / WEIGHTS_NAME)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         write_json(tmp / CONFIG_NAME, {**info, **(extra or {})})
@@ -190,8 +216,8 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None) -> n
         layer = ProjectiveEmbedding(n, d, j, k, pad)
     _install(model, layer, info.get("tied_output", False))
     try:
-        load_model(model, str(weights), strict=True)
-    except (SafetensorError, RuntimeError, OSError) as e:
+        _load_weights(model, weights)
+    except (SafetensorError, RuntimeError, OSError, KeyError, json.JSONDecodeError) as e:
         first = str(e).strip().splitlines()[0][:300]
         raise MessiError(f"{weights} is corrupt or does not match messi.json ({first}); "
                          "re-run `messi compress`") from e

@@ -1,0 +1,36 @@
+"""Shared fixtures: the real shipped model and its embedding matrix, loaded once."""
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    from messi.models import resolve_model
+
+    return resolve_model("minilm")
+
+
+@pytest.fixture(scope="session")
+def minilm_embedding(minilm_dir):
+    """The real 30522 x 384 word-embedding matrix of all-MiniLM-L6-v2."""
+    from safetensors.torch import load_file
+
+    return load_file(str(minilm_dir / "model.safetensors"))["embeddings.word_embeddings.weight"]
+
+
+def planted(n_per=120, k=3, j=2, d=8, noise=1e-3, seed=0, dtype=torch.float64):
+    """Rows drawn from k random j-dim subspaces of R^d plus small noise; returns (X, labels)."""
+    g = torch.Generator().manual_seed(seed)
+    X, labels = [], []
+    for i in range(k):
+        basis = torch.linalg.qr(torch.randn(d, j, generator=g, dtype=dtype))[0].T
+        X.append(torch.randn(n_per, j, generator=g, dtype=dtype) @ basis)
+        labels += [i] * n_per
+    X = torch.cat(X)
+    return X + noise * torch.randn(X.shape, generator=g, dtype=dtype), torch.tensor(labels)

@@ -1,0 +1,96 @@
+"""The command line, as a user runs it: real model, real files, one-line errors with exit 2."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import transformers
+
+
+def run(*args, cwd=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "messi.cli", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=600)
+
+
+def assert_one_line_error(result, *words):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def messi_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "out_messi"
+    result = run("compress", "--method", "messi", "--k", "3", "--ratio", "0.4", "--seed", "0",
+                 "--n-init", "1", "--max-iter", "10", out)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_compress_writes_folder_and_info_reads_it(messi_dir):
+    info = json.loads(run("info", messi_dir, "--json").stdout)
+    assert info["method"] == "messi" and info["k"] == 3 and info["rank"] == 222
+    assert 0.40 <= info["compression"] < 0.41
+    assert 0 < info["rel_error"] < 0.15
+    assert not [p for p in messi_dir.parent.iterdir() if p.name.startswith(".")]  # no temp left
+    table = run("info", messi_dir)
+    assert table.returncode == 0 and "rel_error" in table.stdout
+
+
+def test_existing_out_dir_is_refused_then_overwritten(messi_dir):
+    before = (messi_dir / "model.safetensors").stat().st_mtime_ns
+    assert_one_line_error(run("compress", "--method", "svd", messi_dir), "already exists", "--overwrite")
+    assert (messi_dir / "model.safetensors").stat().st_mtime_ns == before
+    ok = run("compress", "--method", "svd", "--ratio", "0.5", "--overwrite", messi_dir)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads((messi_dir / "messi.json").read_text())["method"] == "svd"
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--ratio", "0"], ["ratio"]),
+    (["--ratio", "1.5"], ["ratio"]),
+    (["--k", "0"], ["k"]),
+    (["--rank", "0"], ["rank"]),
+    (["--rank", "384"], ["rank", "383"]),
+    (["--ratio", "0.999"], ["no rank"]),
+    (["--method", "pca"], ["method"]),
+    (["--model", "/no/such/model"], ["does not exist"]),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, args, words):
+    result = run("compress", *args, tmp_path / "out")
+    assert_one_line_error(result, *words)
+    assert not (tmp_path / "out").exists()
+
+
+def test_model_without_input_embeddings(tmp_path):
+    cfg = transformers.ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=32, image_size=8, patch_size=4)
+    transformers.ViTModel(cfg).save_pretrained(tmp_path / "vit")
+    assert_one_line_error(run("compress", "--model", tmp_path / "vit", tmp_path / "out"), "no input embedding")
+
+
+def test_nan_in_embedding(tmp_path):
+    cfg = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1,
+                                  num_attention_heads=2, intermediate_size=32)
+    model = transformers.BertModel(cfg)
+    with torch.no_grad():
+        model.embeddings.word_embeddings.weight[3, 1] = float("nan")
+    model.save_pretrained(tmp_path / "nan")
+    assert_one_line_error(run("compress", "--model", tmp_path / "nan", "--method", "svd", tmp_path / "out"), "NaN")
+
+
+def test_info_on_a_folder_that_is_not_messi(tmp_path):
+    assert_one_line_error(run("info", tmp_path), "not a messi folder")
+
+
+def test_help_everywhere():
+    for cmd in ([], ["compress"], ["info"]):
+        result = run(*cmd, "--help")
+        assert result.returncode == 0 and "Usage" in result.stdout

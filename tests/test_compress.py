@@ -1,0 +1,167 @@
+"""compress / save / load on the real shipped model and on small models of other architectures."""
+
+import json
+
+import pytest
+import torch
+import transformers
+
+import messi
+from messi import MessiError
+
+
+@pytest.fixture(scope="module")
+def tokens(minilm_dir):
+    tok = transformers.AutoTokenizer.from_pretrained(minilm_dir)
+    return tok(["The cat sat on the mat.", "Projective clustering compresses embeddings."],
+               padding=True, return_tensors="pt")
+
+
+@pytest.fixture(scope="module")
+def compressed(tmp_path_factory, minilm_dir):
+    """SVD and MESSI (k=3) at 40% on all-MiniLM-L6-v2, saved with the tokenizer."""
+    out = {}
+    tok = messi.load_tokenizer(minilm_dir)
+    for method in ("svd", "messi"):
+        model = messi.compress(messi.load_pretrained(), method=method, ratio=0.4, k=3, seed=0,
+                               n_init=1, max_iter=15)
+        path = tmp_path_factory.mktemp(method) / "model"
+        messi.save(model, path, tokenizer=tok)
+        out[method] = (model, path)
+    return out
+
+
+def hidden(model, tokens):
+    with torch.no_grad():
+        return model(**tokens).last_hidden_state
+
+
+@pytest.mark.parametrize("method", ["svd", "messi"])
+def test_save_load_gives_identical_outputs(compressed, tokens, method):
+    model, path = compressed[method]
+    assert {"config.json", "model.safetensors", "messi.json", "tokenizer.json"} <= {p.name for p in path.iterdir()}
+    again = messi.load(path)
+    assert type(again) is type(model)
+    assert torch.equal(hidden(model, tokens), hidden(again, tokens))
+    assert torch.equal(hidden(again, tokens), hidden(messi.load(path), tokens))
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    assert tok("hello world")["input_ids"] == transformers.AutoTokenizer.from_pretrained(path)("hello world")["input_ids"]
+
+
+def test_messi_beats_svd_at_forty_percent(compressed):
+    svd = json.loads((compressed["svd"][1] / "messi.json").read_text())
+    ms = json.loads((compressed["messi"][1] / "messi.json").read_text())
+    for info in (svd, ms):
+        assert 0.40 <= info["compression"] < 0.41
+        assert info["embedding_params_before"] == 30522 * 384
+    assert (svd["k"], svd["rank"], ms["k"], ms["rank"]) == (1, 227, 3, 222)
+    assert ms["rel_error"] < 0.95 * svd["rel_error"]
+    assert ms["label_bytes"] == 30522
+
+
+def test_compressed_model_stays_close_to_original(compressed, tokens):
+    original = hidden(messi.load_pretrained(), tokens)
+    for method in ("svd", "messi"):
+        out = hidden(compressed[method][0], tokens)
+        cos = torch.nn.functional.cosine_similarity(out, original, dim=-1)
+        assert cos.mean() > 0.8, method
+
+
+def test_tied_masked_lm_head_uses_the_factored_table(minilm_dir):
+    model = transformers.BertForMaskedLM.from_pretrained(minilm_dir).eval()
+    full = sum(p.numel() for p in model.parameters())
+    messi.compress(model, method="messi", ratio=0.4, k=2, n_init=1, max_iter=5)
+    assert model.messi_config["tied_output"]
+    emb = model.get_input_embeddings()
+    assert model.get_output_embeddings().embedding is emb
+    assert sum(p.numel() for p in model.parameters()) < full - 0.39 * 30522 * 384
+    ids = torch.tensor([[101, 7592, 2088, 102]])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+        h = model.cls.predictions.transform(model.bert(input_ids=ids).last_hidden_state)
+    assert torch.allclose(logits, h @ emb.weight.T + model.cls.predictions.bias, atol=1e-4)
+
+
+TINY = {
+    "bert": (transformers.BertConfig, transformers.BertModel),
+    "distilbert": (transformers.DistilBertConfig, transformers.DistilBertModel),
+    "roberta": (transformers.RobertaConfig, transformers.RobertaForMaskedLM),
+    "mpnet": (transformers.MPNetConfig, transformers.MPNetModel),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_other_architectures_roundtrip(tmp_path, name):
+    config_cls, model_cls = TINY[name]
+    kw = dict(vocab_size=300, hidden_size=32, num_attention_heads=2, intermediate_size=64)
+    if name == "distilbert":
+        kw = dict(vocab_size=300, dim=32, n_heads=2, hidden_dim=64, n_layers=2)
+    else:
+        kw["num_hidden_layers"] = 2
+    torch.manual_seed(0)
+    model = model_cls(config_cls(**kw)).eval()
+    messi.compress(model, method="messi", ratio=0.3, k=2, n_init=1, max_iter=5)
+    messi.save(model, tmp_path / name)
+    again = messi.load(tmp_path / name)
+    ids = torch.tensor([[3, 17, 42, 5, 1]])
+    with torch.no_grad():
+        a, b = model(input_ids=ids), again(input_ids=ids)
+    first = a.logits if hasattr(a, "logits") else a.last_hidden_state
+    second = b.logits if hasattr(b, "logits") else b.last_hidden_state
+    assert torch.equal(first, second)
+
+
+def test_compress_bad_inputs(minilm_dir):
+    model = messi.load_pretrained()
+    with pytest.raises(MessiError, match="ratio"):
+        messi.compress(model, ratio=1.2)
+    with pytest.raises(MessiError, match="k must be"):
+        messi.compress(model, k=0)
+    with pytest.raises(MessiError, match="rank"):
+        messi.compress(model, rank=384)
+    with pytest.raises(MessiError, match="no rank"):
+        messi.compress(model, ratio=0.999, k=3)
+    with pytest.raises(MessiError, match="no input embedding"):
+        messi.compress(torch.nn.Linear(3, 3))
+    with torch.no_grad():
+        model.get_input_embeddings().weight[7, 3] = float("nan")
+    with pytest.raises(MessiError, match="NaN"):
+        messi.compress(model, method="svd")
+
+
+def test_compress_twice_is_refused():
+    model = messi.compress(messi.load_pretrained(), method="svd", ratio=0.5)
+    with pytest.raises(MessiError, match="already compressed"):
+        messi.compress(model)
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("no_weights", "no model.safetensors"),
+    ("bad_weights", "corrupt"),
+    ("bad_json", "corrupt"),
+    ("no_json", "not a messi folder"),
+    ("no_config", "config.json"),
+])
+def test_broken_folder_gives_clear_error(compressed, tmp_path, damage, match):
+    import shutil
+
+    path = tmp_path / "copy"
+    shutil.copytree(compressed["svd"][1], path)
+    if damage == "no_weights":
+        (path / "model.safetensors").unlink()
+    elif damage == "bad_weights":
+        data = (path / "model.safetensors").read_bytes()
+        (path / "model.safetensors").write_bytes(data[: len(data) // 2])
+    elif damage == "bad_json":
+        (path / "messi.json").write_text("{not json")
+    elif damage == "no_json":
+        (path / "messi.json").unlink()
+    elif damage == "no_config":
+        (path / "config.json").unlink()
+    with pytest.raises(MessiError, match=match):
+        messi.load(path)
+
+
+def test_missing_model_folder():
+    with pytest.raises(MessiError, match="does not exist"):
+        messi.load_pretrained("/no/such/folder")

@@ -1,0 +1,51 @@
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+from messi import MessiError, messi_factorize, rank_for_ratio, svd_factorize
+from messi.factorize import compression, parameter_count, relative_error
+
+
+@given(n=st.integers(50, 60000), d=st.integers(8, 1024), k=st.integers(1, 8),
+       ratio=st.floats(0.05, 0.9))
+def test_rank_for_ratio_is_the_largest_rank_reaching_the_ratio(n, d, k, ratio):
+    try:
+        j = rank_for_ratio(n, d, k, ratio)
+    except MessiError as e:
+        assert "no rank" in str(e) or "too small" in str(e)
+        return
+    assert 1 <= j < d
+    assert compression(n, d, k, j) >= ratio
+    assert j + 1 >= d or compression(n, d, k, j + 1) < ratio
+
+
+def test_paper_sizes_on_minilm_shape():
+    n, d = 30522, 384
+    assert rank_for_ratio(n, d, 1, 0.4) == 227
+    assert rank_for_ratio(n, d, 3, 0.4) == 222
+    assert 0.40 <= compression(n, d, 3, 222) < 0.41
+    assert parameter_count(n, d, 3, 222) == n * 222 + 3 * 222 * d
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.0, -0.2, 1.5])
+def test_ratio_outside_open_interval(ratio):
+    with pytest.raises(MessiError, match="ratio"):
+        rank_for_ratio(100, 10, 2, ratio)
+
+
+def test_unreachable_ratio_names_the_fix():
+    # 20 rows, 10 columns, k=5: even rank 1 stores 20 + 50 > 200 * (1 - 0.9)
+    with pytest.raises(MessiError, match="no rank >= 1"):
+        rank_for_ratio(20, 10, 5, 0.9)
+
+
+def test_factors_reconstruct_and_errors():
+    X = torch.randn(200, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    svd = svd_factorize(X, 5)
+    assert svd.coords.shape == (200, 5) and svd.bases.shape == (1, 5, 16)
+    s = torch.linalg.svdvals(X)
+    assert relative_error(X, svd.reconstruct()) == pytest.approx(float(s[5:].square().sum() / s.square().sum()))
+    ms = messi_factorize(X, 3, 4, seed=0)
+    assert ms.coords.shape == (200, 4) and ms.bases.shape == (3, 4, 16)
+    with pytest.raises(MessiError, match="rank"):
+        svd_factorize(X, 16)

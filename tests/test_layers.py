@@ -1,0 +1,79 @@
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from torch import nn
+
+from messi import FactorizedEmbedding, ProjectiveEmbedding, TiedOutputEmbedding
+from messi.factorize import messi_factorize, svd_factorize
+
+
+def table(n=50, d=12, seed=0):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+
+
+def layers(A, pad=None):
+    padrow = None if pad is None else A[pad]
+    svd = FactorizedEmbedding.from_factors(svd_factorize(A, 4), pad, padrow)
+    ms = ProjectiveEmbedding.from_factors(messi_factorize(A, 3, 4, seed=0), pad, padrow)
+    return svd, ms
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_lookup_equals_rebuilt_table(which):
+    A = table()
+    layer = layers(A)[which]
+    ids = torch.randint(0, 50, (4, 7), generator=torch.Generator().manual_seed(1))
+    out = layer(ids)
+    assert out.shape == (4, 7, 12)
+    assert torch.allclose(out, layer.weight[ids], atol=1e-6)
+    assert torch.allclose(out, nn.functional.embedding(ids, layer.weight), atol=1e-6)
+
+
+def test_messi_lookup_equals_factors():
+    A = table()
+    f = messi_factorize(A, 3, 4, seed=0)
+    layer = ProjectiveEmbedding.from_factors(f)
+    assert torch.allclose(layer.weight, f.reconstruct(), atol=1e-6)
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_gradients_reach_both_factors_and_padding_is_frozen(which):
+    A = table()
+    layer = layers(A, pad=0)[which]
+    ids = torch.tensor([[0, 3, 9, 0, 17, 33]])
+    out = layer(ids)
+    assert torch.equal(out[0, 0], A[0]) and torch.equal(out[0, 3], A[0])  # exact padding row
+    out.square().sum().backward()
+    basis = layer.basis if which == 0 else layer.bases
+    assert layer.coords.grad is not None and basis.grad is not None
+    assert layer.coords.grad[[3, 9, 17, 33]].abs().sum() > 0
+    assert basis.grad.abs().sum() > 0
+    assert layer.coords.grad[0].abs().sum() == 0  # padding row gets no gradient, as nn.Embedding
+    assert not any(b.requires_grad for b in layer.buffers())
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_attend_equals_product_with_table(which):
+    A = table()
+    layer = layers(A, pad=2)[which]
+    h = torch.randn(3, 5, 12)
+    assert torch.allclose(layer.attend(h), h @ layer.weight.T, atol=1e-5)
+    head = TiedOutputEmbedding(layer, nn.Parameter(torch.randn(50)))
+    assert torch.allclose(head(h), h @ layer.weight.T + head.bias, atol=1e-5)
+    assert len(list(head.parameters())) == 1  # the table is referenced, not owned
+
+
+def test_label_buffer_is_small_and_not_a_parameter():
+    layer = ProjectiveEmbedding(1000, 16, 4, 3)
+    assert layer.labels.dtype == torch.uint8 and layer.label_bytes == 1000
+    assert "labels" not in dict(layer.named_parameters())
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(5, 200), d=st.integers(2, 64), k=st.integers(1, 6), data=st.data())
+def test_parameter_counts(n, d, k, data):
+    j = data.draw(st.integers(1, d - 1))
+    assert FactorizedEmbedding(n, d, j).num_factor_parameters() == n * j + j * d
+    ms = ProjectiveEmbedding(n, d, j, k)
+    assert ms.num_factor_parameters() == n * j + k * j * d
+    assert ms(torch.zeros(2, 3, dtype=torch.long)).shape == (2, 3, d)
