@@ -108,6 +108,65 @@ def info(
         console.print(info_table(data, str(directory)))
 
 
+def _train_config(preset, epochs, learning_rate, batch_size, max_seq_length, max_train_samples,
+                  max_eval_samples, seed):
+    """A preset's TrainConfig with the flags that were given on top."""
+    import dataclasses
+
+    from .glue.train import PRESETS
+
+    if preset not in PRESETS:
+        raise MessiError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+    given = dict(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
+                 max_seq_length=max_seq_length, max_train_samples=max_train_samples,
+                 max_eval_samples=max_eval_samples, seed=seed)
+    cfg = dataclasses.replace(PRESETS[preset], **{k: v for k, v in given.items() if v is not None})
+    if cfg.epochs <= 0 or cfg.learning_rate <= 0 or cfg.batch_size < 1 or cfg.max_seq_length < 8:
+        raise MessiError("--epochs, --learning-rate must be > 0, --batch-size >= 1, --max-seq-length >= 8")
+    return cfg
+
+
+EPOCHS = typer.Option(None, "--epochs", help="Training epochs (hf preset: 3).")
+LR = typer.Option(None, "--learning-rate", help="AdamW learning rate, linear decay (hf preset: 2e-5).")
+BATCH = typer.Option(None, "--batch-size", help="Per-device train batch size (hf preset: 32).")
+MAXLEN = typer.Option(None, "--max-seq-length", help="Truncate inputs to this many tokens (hf preset: 128).")
+MAXTRAIN = typer.Option(None, "--max-train-samples", help="Seeded random subset of the train split.")
+MAXEVAL = typer.Option(None, "--max-eval-samples", help="Subset of dev (default: all of it).")
+PRESET = typer.Option("hf", "--preset", help="hf (run_glue defaults) or cpu (2000 train rows, lr 5e-5).")
+DATA = typer.Option(None, "--data-dir", help="GLUE folder; default $MESSI_GLUE_DIR, then ../shared/data/glue.")
+STRICT = typer.Option(False, "--strict", help="A row that does not parse is fatal instead of skipped with a warning.")
+
+
+@app.command()
+@friendly
+def glue(
+    task: str = typer.Option(..., "--task", help="cola, sst2, mrpc, stsb, rte, wnli, qnli, mnli or qqp."),
+    output_dir: Path = typer.Option(..., "--output-dir", help="Where metrics.json goes."),
+    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
+    method: str = typer.Option("none", "--method", help="none, svd or messi: compress before fine-tuning."),
+    ratio: float = typer.Option(0.4, "--ratio", help="Embedding compression for svd/messi."),
+    k: int = typer.Option(3, "--k", help="Subspaces for messi."),
+    epochs: Optional[float] = EPOCHS, learning_rate: Optional[float] = LR, batch_size: Optional[int] = BATCH,
+    max_seq_length: Optional[int] = MAXLEN, max_train_samples: Optional[int] = MAXTRAIN,
+    max_eval_samples: Optional[int] = MAXEVAL,
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of data order, head init and clustering (default 42)."),
+    preset: str = PRESET, data_dir: Optional[Path] = DATA, strict: bool = STRICT,
+):
+    """Fine-tune a (compressed) model on a GLUE task and evaluate it on dev."""
+    from .glue.run import run_glue
+
+    cfg = _train_config(preset, epochs, learning_rate, batch_size, max_seq_length, max_train_samples,
+                        max_eval_samples, seed)
+    record = run_glue(task, output_dir, model, method, ratio, k, cfg, data_dir, strict)
+    table = Table(title=f"{record['task']} / {record['method']}")
+    for key in ("ratio", "embedding_params", "total_params", "train_samples", "seconds"):
+        table.add_row(key, f"{record[key]:.4g}" if isinstance(record[key], float) else f"{record[key]:,}")
+    for key, value in record["metrics"].items():
+        table.add_row(key, f"{value:.4f}")
+    console.print(table)
+    console.print(f"wrote {output_dir / 'metrics.json'}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -1,0 +1,48 @@
+"""One GLUE run: (optionally compress,) fine-tune, evaluate, write metrics.json."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..compress import compress
+from ..errors import MessiError
+from ..io import write_json
+from .data import get_task, read_split
+from .train import (TrainConfig, config_dict, count_parameters, evaluate, fine_tune, load_classifier,
+                    subsample, tokenizer_for)
+
+METHOD_CHOICES = ("none", "svd", "messi")
+
+
+def run_glue(task_name: str, output_dir: str | Path, model_ref=None, method: str = "none",
+             ratio: float = 0.4, k: int = 3, cfg: TrainConfig | None = None, data_dir=None,
+             strict: bool = False) -> dict:
+    """Fine-tune ``model_ref`` (compressed first with ``method`` unless "none") on a GLUE task
+    and evaluate on dev. Writes and returns OUT/metrics.json's record."""
+    cfg = cfg or TrainConfig()
+    if method not in METHOD_CHOICES:
+        raise MessiError(f"--method must be one of {', '.join(METHOD_CHOICES)}, got {method!r}")
+    task = get_task(task_name)
+    train = subsample(read_split(task, "train", data_dir, strict), cfg.max_train_samples, cfg.seed)
+    dev = subsample(read_split(task, "dev", data_dir, strict), cfg.max_eval_samples, cfg.seed)
+    start = time.perf_counter()
+    tokenizer = tokenizer_for(model_ref)
+    model = load_classifier(model_ref, task)
+    if method != "none":
+        compress(model, method=method, ratio=ratio, k=k, seed=cfg.seed, verbose=True)
+    fine_tune(model, tokenizer, task, train, cfg)
+    metrics = evaluate(model, tokenizer, task, dev, cfg)
+    emb, total = count_parameters(model)
+    info = getattr(model, "messi_config", None) or {}
+    record = {
+        "task": task.name, "method": info.get("method", method if method != "none" else "none"),
+        "ratio": info.get("ratio", 0.0), "compression": info.get("compression", 0.0),
+        "k": info.get("k"), "rank": info.get("rank"),
+        "embedding_params": emb, "total_params": total, "metrics": metrics,
+        "train_samples": len(train), "eval_samples": len(dev), "epochs": cfg.epochs, "seed": cfg.seed,
+        "seconds": time.perf_counter() - start, "model": str(model_ref or "minilm"),
+        "config": config_dict(cfg),
+    }
+    write_json(Path(output_dir) / "metrics.json", record)
+    return record

@@ -1,0 +1,151 @@
+"""The paper's protocol over a grid of tasks x methods x ratios x seeds, resumable.
+
+Layout of a sweep folder::
+
+    SWEEP/<task>/seed-<s>/base/            fine-tuned uncompressed classifier (cached)
+    SWEEP/<task>/seed-<s>/none/metrics.json    its dev metrics (the reference)
+    SWEEP/<task>/seed-<s>/<method>-r<ratio>/metrics.json
+
+Every file is written atomically and a finished cell is never redone, so a sweep killed at any
+point (kill -9 included) restarts where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import transformers
+from tqdm.auto import tqdm
+
+from ..compress import compress
+from ..errors import MessiError
+from ..io import atomic_dir, write_json
+from .data import get_task, read_split
+from .train import (TrainConfig, config_dict, count_parameters, evaluate, fine_tune, load_classifier,
+                    subsample, tokenizer_for)
+
+PROTOCOLS = ("paper", "compress-first")
+
+
+def cell_name(method: str, ratio: float) -> str:
+    """Folder name of a grid cell, e.g. ``messi-r0.4``; the uncompressed reference is ``none``."""
+    return "none" if method == "none" else f"{method}-r{ratio:g}"
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _record(task, method, ratio, model, seed, cfg, **extra) -> dict:
+    emb, total = count_parameters(model)
+    info = getattr(model, "messi_config", None) or {}
+    return {"task": task.name, "method": method, "ratio": ratio if method != "none" else 0.0,
+            "compression": info.get("compression", 0.0), "k": info.get("k"), "rank": info.get("rank"),
+            "rel_error": info.get("rel_error"), "embedding_params": emb, "total_params": total,
+            "seed": seed, "config": config_dict(cfg), **extra}
+
+
+class Sweep:
+    """A resumable grid run; ``run()`` fills the folder, skipping whatever is already done."""
+
+    def __init__(self, output_dir, tasks, methods=("none", "svd", "messi"), ratios=(0.4, 0.6), k=3,
+                 seeds=(42,), model_ref=None, cfg: TrainConfig | None = None, recovery_epochs=2.0,
+                 protocol="paper", data_dir=None, strict=False):
+        if protocol not in PROTOCOLS:
+            raise MessiError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        bad = [m for m in methods if m not in ("none", "svd", "messi")]
+        if bad:
+            raise MessiError(f"unknown method(s) {', '.join(bad)}; use none, svd, messi")
+        self.out = Path(output_dir)
+        self.tasks = [get_task(t) for t in tasks]
+        self.methods, self.ratios, self.k, self.seeds = list(methods), list(ratios), k, list(seeds)
+        self.model_ref, self.cfg = model_ref, cfg or TrainConfig()
+        self.recovery_epochs, self.protocol = recovery_epochs, protocol
+        self.data_dir, self.strict = data_dir, strict
+        # fail now, not an hour in, when a task's files are missing
+        self.data = {t.name: (read_split(t, "train", data_dir, strict), read_split(t, "dev", data_dir, strict))
+                     for t in self.tasks}
+
+    def cells(self):
+        """(task, seed, method, ratio) of every grid cell, the reference first for each task/seed."""
+        compressed = [(m, r) for m in self.methods if m != "none" for r in self.ratios]
+        for task in self.tasks:
+            for seed in self.seeds:
+                yield from [(task, seed, "none", 0.0)] + [(task, seed, m, r) for m, r in compressed]
+
+    def run(self) -> Path:
+        """Run every unfinished cell, with a progress bar over the grid; returns the folder."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        cells = list(self.cells())
+        with tqdm(total=len(cells), desc="sweep", unit="cell") as bar:
+            for task, seed, method, ratio in cells:
+                target = self.out / task.name / f"seed-{seed}" / cell_name(method, ratio) / "metrics.json"
+                bar.set_postfix_str(f"{task.name} seed {seed} {cell_name(method, ratio)}")
+                if not target.is_file():
+                    self._run_cell(task, seed, method, ratio, target)
+                bar.update(1)
+        return self.out
+
+    def _cfg(self, seed: int) -> TrainConfig:
+        import dataclasses
+
+        return dataclasses.replace(self.cfg, seed=seed)
+
+    def _splits(self, task, cfg):
+        train, dev = self.data[task.name]
+        return subsample(train, cfg.max_train_samples, cfg.seed), subsample(dev, cfg.max_eval_samples, cfg.seed)
+
+    def _base(self, task, seed):
+        """The fine-tuned uncompressed classifier for (task, seed): trained once, then cached."""
+        folder = self.out / task.name / f"seed-{seed}" / "base"
+        cfg = self._cfg(seed)
+        tokenizer = tokenizer_for(self.model_ref)
+        if not (folder / "config.json").is_file():
+            train, _ = self._splits(task, cfg)
+            model = load_classifier(self.model_ref, task)
+            seconds = fine_tune(model, tokenizer, task, train, cfg)
+            with atomic_dir(folder) as tmp:
+                model.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+                write_json(tmp / "train.json", {"seconds": seconds, "train_samples": len(train)})
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True)
+        return model.eval(), tokenizer, folder
+
+    def _run_cell(self, task, seed, method, ratio, target: Path) -> None:
+        cfg = self._cfg(seed)
+        train, dev = self._splits(task, cfg)
+        start = time.perf_counter()
+        model, tokenizer, _ = self._base(task, seed)
+        reference = self._reference(task, seed, model, tokenizer, cfg, dev)
+        if method == "none":
+            return
+        if self.protocol == "compress-first":  # compress the pretrained model, then fine-tune
+            model, before, epochs = load_classifier(self.model_ref, task), None, cfg.epochs
+            compress(model, method=method, ratio=ratio, k=self.k, seed=seed, verbose=True)
+        else:  # compress the fine-tuned model, evaluate as is, then recover
+            compress(model, method=method, ratio=ratio, k=self.k, seed=seed, verbose=True)
+            before, epochs = evaluate(model, tokenizer, task, dev, cfg), self.recovery_epochs
+        fine_tune(model, tokenizer, task, train, cfg, epochs=epochs)
+        record = _record(task, method, ratio, model, seed, cfg, protocol=self.protocol,
+                         metrics=evaluate(model, tokenizer, task, dev, cfg), no_recovery=before,
+                         reference=reference["metrics"], train_samples=len(train),
+                         eval_samples=len(dev), epochs=epochs, seconds=time.perf_counter() - start)
+        write_json(target, record)
+
+    def _reference(self, task, seed, model, tokenizer, cfg, dev) -> dict:
+        """The uncompressed fine-tuned model's metrics (the ``none`` cell), computed once."""
+        path = self.out / task.name / f"seed-{seed}" / "none" / "metrics.json"
+        record = _read(path)
+        if record is None:
+            train_info = _read(path.parent.parent / "base" / "train.json") or {}
+            record = _record(task, "none", 0.0, model, seed, cfg, protocol=self.protocol,
+                             metrics=evaluate(model, tokenizer, task, dev, cfg), no_recovery=None,
+                             train_samples=train_info.get("train_samples"), eval_samples=len(dev),
+                             epochs=cfg.epochs, seconds=train_info.get("seconds"))
+            write_json(path, record)
+        return record

@@ -1,0 +1,172 @@
+"""Fine-tune and evaluate sequence classifiers on a GLUE task with the Hugging Face Trainer.
+
+The Trainer runs unchanged on one CPU, one GPU, or several under ``accelerate launch`` /
+``torchrun``. Nothing is saved by the Trainer itself: callers save what they want atomically.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import transformers
+from torch import nn
+
+from ..compress import CONFIG_NAME, _install, load, load_tokenizer
+from ..errors import MessiError
+from ..models import resolve_model
+from .data import Example, Task
+from .metrics import compute_metrics
+
+
+@dataclass
+class TrainConfig:
+    """Fine-tuning settings; the defaults are Hugging Face run_glue's."""
+
+    epochs: float = 3.0
+    learning_rate: float = 2e-5
+    batch_size: int = 32
+    max_seq_length: int = 128
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    seed: int = 42
+
+
+#: Named settings: "hf" is run_glue's recipe, "cpu" fits a 2-core laptop (short sequences,
+#: a 2000-row train subset, a larger learning rate for the few steps).
+PRESETS = {
+    "hf": TrainConfig(),
+    "cpu": TrainConfig(epochs=3.0, learning_rate=5e-5, batch_size=32, max_seq_length=128,
+                       max_train_samples=2000),
+}
+
+
+def _configure(config, task: Task):
+    config.num_labels = task.num_labels
+    config.problem_type = "regression" if task.is_regression else "single_label_classification"
+    names = task.labels or ("score",)
+    config.id2label = dict(enumerate(names))
+    config.label2id = {n: i for i, n in enumerate(names)}
+    return config
+
+
+def as_classifier(base: nn.Module, task: Task) -> nn.Module:
+    """A sequence classifier for ``task`` whose encoder is ``base`` (compressed or not).
+
+    If ``base`` already is a classifier with the right number of labels it is returned as is;
+    otherwise a new head is put on top of a copy of its weights.
+    """
+    if "ForSequenceClassification" in type(base).__name__ and base.config.num_labels == task.num_labels:
+        return base
+    config = _configure(copy.deepcopy(base.config), task)
+    clf = transformers.AutoModelForSequenceClassification.from_config(config)
+    embedding = base.get_input_embeddings()
+    if not isinstance(embedding, nn.Embedding):
+        _install(clf, copy.deepcopy(embedding), tied=False)
+    encoder = getattr(base, "base_model", base)
+    missing, _ = clf.base_model.load_state_dict(encoder.state_dict(), strict=False)
+    if missing:
+        raise MessiError(f"cannot put a {task.name} head on {type(base).__name__}: "
+                         f"weights {missing[:3]} are missing; use a plain encoder model")
+    if hasattr(base, "messi_config"):
+        clf.messi_config = base.messi_config
+    return clf
+
+
+def load_classifier(model_ref, task: Task) -> nn.Module:
+    """Classifier for ``task`` from a built-in name, a Hugging Face folder or a messi folder."""
+    if model_ref is not None and (Path(model_ref) / CONFIG_NAME).is_file():
+        return as_classifier(load(model_ref), task)
+    path = resolve_model(model_ref)
+    config = _configure(transformers.AutoConfig.from_pretrained(path, local_files_only=True), task)
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # the new head's "newly initialized" notice
+    try:
+        return transformers.AutoModelForSequenceClassification.from_pretrained(
+            path, config=config, local_files_only=True, ignore_mismatched_sizes=True)
+    finally:
+        transformers.logging.set_verbosity(level)
+
+
+class _Encoded(torch.utils.data.Dataset):
+    def __init__(self, features: list[dict]):
+        self.features = features
+
+    def __len__(self):
+        return len(self.features)
+
+    def __getitem__(self, i):
+        return self.features[i]
+
+
+def encode(tokenizer, task: Task, examples: list[Example], max_seq_length: int) -> _Encoded:
+    """Tokenise ``examples`` (truncated to ``max_seq_length``) with their labels."""
+    a = [e.text_a for e in examples]
+    b = [e.text_b for e in examples] if task.text_b is not None else None
+    enc = tokenizer(a, b, truncation=True, max_length=max_seq_length)
+    dtype = float if task.is_regression else int
+    return _Encoded([{**{k: v[i] for k, v in enc.items()}, "labels": dtype(e.label)}
+                     for i, e in enumerate(examples)])
+
+
+def subsample(examples: list[Example], limit: int | None, seed: int) -> list[Example]:
+    """A seeded random subset of at most ``limit`` examples (all if limit is None)."""
+    if limit is None or limit >= len(examples):
+        return examples
+    return random.Random(seed).sample(examples, limit)
+
+
+def _trainer(model, tokenizer, cfg: TrainConfig, workdir: str, train=None, epochs=None):
+    args = transformers.TrainingArguments(
+        output_dir=workdir, num_train_epochs=epochs if epochs is not None else cfg.epochs,
+        learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=max(64, cfg.batch_size), seed=cfg.seed, data_seed=cfg.seed,
+        save_strategy="no", eval_strategy="no", logging_strategy="no", report_to="none",
+        lr_scheduler_type="linear", weight_decay=0.0, dataloader_num_workers=0,
+        disable_tqdm=False)
+    return transformers.Trainer(model=model, args=args, train_dataset=train,
+                                data_collator=transformers.DataCollatorWithPadding(tokenizer))
+
+
+def fine_tune(model, tokenizer, task: Task, train: list[Example], cfg: TrainConfig,
+              epochs: float | None = None) -> float:
+    """Train ``model`` in place on ``train`` for ``epochs`` (default cfg.epochs); returns seconds."""
+    data = encode(tokenizer, task, train, cfg.max_seq_length)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = _trainer(model, tokenizer, cfg, tmp, data, epochs).train()
+    model.eval()
+    return float(result.metrics.get("train_runtime", 0.0))
+
+
+def evaluate(model, tokenizer, task: Task, dev: list[Example], cfg: TrainConfig) -> dict[str, float]:
+    """Official metrics of ``model`` on ``dev``."""
+    data = encode(tokenizer, task, dev, cfg.max_seq_length)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = _trainer(model, tokenizer, cfg, tmp).predict(data)
+    return compute_metrics(task, out.predictions, out.label_ids)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(input-embedding parameters, all parameters), each tensor counted once."""
+    emb = sum(p.numel() for p in model.get_input_embeddings().parameters())
+    return emb, sum(p.numel() for p in model.parameters())
+
+
+def tokenizer_for(model_ref):
+    """The tokenizer stored with the model, or MessiError if there is none."""
+    tok = load_tokenizer(model_ref)
+    if tok is None:
+        raise MessiError(f"no tokenizer files found with model {model_ref}; save the tokenizer in that folder")
+    return tok
+
+
+def config_dict(cfg: TrainConfig) -> dict:
+    return asdict(cfg)
+
+
+logging.getLogger("transformers.trainer").setLevel(logging.WARNING)
