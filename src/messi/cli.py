@@ -167,6 +167,81 @@ def glue(
     console.print(f"wrote {output_dir / 'metrics.json'}")
 
 
+def _split(text: str, cast=str) -> list:
+    try:
+        return [cast(x.strip()) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise MessiError(f"cannot read the list {text!r}; give comma-separated values like 0.4,0.6") from None
+
+
+def _run_sweep(output_dir, tasks, methods, ratios, k, seeds, model, cfg, recovery_epochs, protocol,
+               data_dir, strict):
+    from .glue.report import write_report
+    from .glue.sweep import Sweep
+
+    Sweep(output_dir, tasks, methods, ratios, k, seeds, model, cfg, recovery_epochs, protocol,
+          data_dir, strict).run()
+    md_path, png_path, md = write_report(output_dir)
+    console.print(md)
+    console.print(f"wrote {md_path} and {png_path}")
+
+
+@app.command()
+@friendly
+def sweep(
+    output_dir: Path = typer.Option(..., "--output-dir", help="Sweep folder (resumes if it exists)."),
+    tasks: str = typer.Option("cola,sst2,mrpc,stsb,rte,wnli", "--tasks", help="Comma-separated GLUE tasks."),
+    methods: str = typer.Option("none,svd,messi", "--methods", help="Comma-separated: none, svd, messi."),
+    ratios: str = typer.Option("0.4,0.6", "--ratios", help="Comma-separated embedding compression ratios."),
+    k: int = typer.Option(3, "--k", help="Subspaces for messi."),
+    seeds: str = typer.Option("42", "--seeds", help="Comma-separated seeds."),
+    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
+    protocol: str = typer.Option("paper", "--protocol",
+                                 help="paper: fine-tune, compress, evaluate, recover; compress-first: compress, then fine-tune."),
+    recovery_epochs: float = typer.Option(2.0, "--recovery-epochs", help="Fine-tuning epochs after compression (paper: 2)."),
+    epochs: Optional[float] = EPOCHS, learning_rate: Optional[float] = LR, batch_size: Optional[int] = BATCH,
+    max_seq_length: Optional[int] = MAXLEN, max_train_samples: Optional[int] = MAXTRAIN,
+    max_eval_samples: Optional[int] = MAXEVAL, preset: str = PRESET,
+    data_dir: Optional[Path] = DATA, strict: bool = STRICT,
+):
+    """Run the paper's protocol over tasks x methods x ratios x seeds; resumable; writes a report."""
+    from .factorize import check_ratio
+
+    ratio_list = _split(ratios, float)
+    for r in ratio_list:
+        check_ratio(r)
+    cfg = _train_config(preset, epochs, learning_rate, batch_size, max_seq_length, max_train_samples,
+                        max_eval_samples, None)
+    _run_sweep(output_dir, _split(tasks), _split(methods), ratio_list, k, _split(seeds, int), model, cfg,
+               recovery_epochs, protocol, data_dir, strict)
+
+
+@app.command()
+@friendly
+def report(sweep_dir: Path = typer.Argument(..., help="A folder written by `messi sweep`.")):
+    """Write SWEEP/report.md and SWEEP/report.png from a sweep's metrics.json files."""
+    from .glue.report import write_report
+
+    md_path, png_path, md = write_report(sweep_dir)
+    console.print(md)
+    console.print(f"wrote {md_path} and {png_path}")
+
+
+@app.command()
+@friendly
+def demo(
+    output_dir: Path = typer.Option(Path("messi_demo"), "--output-dir", help="Sweep folder (resumes if it exists)."),
+    data_dir: Optional[Path] = DATA,
+):
+    """A small sweep on the built-in model: SST-2 and MRPC, 1000 train rows, none/svd/messi at 40%."""
+    from .glue.train import TrainConfig
+
+    cfg = TrainConfig(epochs=2.0, learning_rate=5e-5, batch_size=32, max_seq_length=64,
+                      max_train_samples=1000, seed=42)
+    _run_sweep(output_dir, ["sst2", "mrpc"], ["none", "svd", "messi"], [0.4], 3, [42], None, cfg,
+               1.0, "paper", data_dir, False)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 
