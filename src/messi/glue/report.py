@@ -98,7 +98,8 @@ def _plot(scores, params, tasks, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ref = _average(scores[("none", "recovery")], tasks)
     if ref is not None:
-        ax.axhline(ref, color="black", lw=1, label=f"uncompressed ({params['none'] / 1e6:.1f}M)")
+        ax.axhline(ref, color="black", lw=1)
+        ax.plot(params["none"] / 1e6, ref, "k*", ms=12, label=f"uncompressed ({params['none'] / 1e6:.1f}M)")
     methods = sorted({c.split()[0] for c in params if c != "none"})
     for i, method in enumerate(methods):
         color = f"C{i}"

@@ -1,0 +1,89 @@
+"""`messi glue` and `messi sweep` end to end on real GLUE rows and the real shipped model (tiny)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from messi.glue import sweep as sweep_module
+from messi.glue.report import write_report
+from messi.glue.sweep import Sweep
+from messi.glue.train import TrainConfig
+
+TINY = dict(epochs=1.0, learning_rate=5e-5, batch_size=8, max_seq_length=32, max_train_samples=16,
+            max_eval_samples=24, seed=0)
+
+
+def run(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "messi.cli", *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=900)
+
+
+def test_glue_on_real_rte_rows_writes_metrics(tmp_path):
+    out = tmp_path / "rte"
+    result = run("glue", "--task", "rte", "--method", "messi", "--ratio", "0.4", "--k", "2",
+                 "--max-train-samples", 16, "--max-eval-samples", 24, "--epochs", 1,
+                 "--batch-size", 8, "--max-seq-length", 32, "--output-dir", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads((out / "metrics.json").read_text())
+    for key in ("task", "method", "ratio", "k", "rank", "embedding_params", "total_params", "metrics",
+                "train_samples", "epochs", "seed", "seconds"):
+        assert key in record
+    assert record["task"] == "rte" and record["method"] == "messi" and record["k"] == 2
+    assert 0.0 <= record["metrics"]["accuracy"] <= 1.0
+    assert record["train_samples"] == 16
+    assert record["embedding_params"] < 0.61 * 30522 * 384
+
+
+def test_missing_task_is_one_line_exit_2(tmp_path):
+    result = run("glue", "--task", "mnli", "--output-dir", tmp_path / "x")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "MNLI data is not available" in errors[0]
+
+
+class Killed(Exception):
+    """Stands for a kill in the middle of a cell."""
+
+
+def test_sweep_resumes_after_interruption(tmp_path, monkeypatch):
+    out = tmp_path / "sweep"
+    args = dict(tasks=["wnli"], methods=["none", "svd", "messi"], ratios=[0.5], k=2, seeds=[0],
+                cfg=TrainConfig(**TINY), recovery_epochs=1.0)
+    real_cell = Sweep._run_cell
+    calls, kill = [], ["messi"]
+
+    def interrupted(self, task, seed, method, ratio, target):
+        calls.append(method)
+        if method in kill:
+            raise Killed
+        return real_cell(self, task, seed, method, ratio, target)
+
+    monkeypatch.setattr(Sweep, "_run_cell", interrupted)
+    with pytest.raises(Killed):
+        Sweep(out, **args).run()
+    base = out / "wnli" / "seed-0" / "base" / "model.safetensors"
+    svd = out / "wnli" / "seed-0" / "svd-r0.5" / "metrics.json"
+    assert base.is_file() and svd.is_file()
+    assert not (out / "wnli" / "seed-0" / "messi-r0.5" / "metrics.json").exists()
+    stamps = (base.stat().st_mtime_ns, svd.stat().st_mtime_ns)
+
+    trained = []
+    real_fine_tune = sweep_module.fine_tune
+    monkeypatch.setattr(sweep_module, "fine_tune", lambda *a, **kw: trained.append(1) or real_fine_tune(*a, **kw))
+    calls.clear()
+    kill.clear()
+    Sweep(out, **args).run()
+    assert calls == ["messi"]          # only the unfinished cell ran
+    assert len(trained) == 1           # its recovery; the cached base was not retrained
+    assert (base.stat().st_mtime_ns, svd.stat().st_mtime_ns) == stamps
+    cell = json.loads((out / "wnli" / "seed-0" / "messi-r0.5" / "metrics.json").read_text())
+    assert {"metrics", "no_recovery", "reference"} <= set(cell) and cell["no_recovery"]["accuracy"] >= 0
+
+    md_path, png_path, md = write_report(out)
+    assert md_path.is_file() and png_path.stat().st_size > 1000
+    assert "svd 50%" in md and "messi 50%" in md and "Without recovery" in md

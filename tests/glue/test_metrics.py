@@ -1,0 +1,37 @@
+"""Metrics against values computed by hand."""
+
+import numpy as np
+import pytest
+
+from messi.glue.data import get_task
+from messi.glue.metrics import compute_metrics, glue_score
+
+
+def test_accuracy_from_logits():
+    logits = np.array([[2.0, 1.0], [0.0, 3.0], [1.0, 0.5], [0.2, 0.1]])
+    assert compute_metrics(get_task("rte"), logits, np.array([0, 1, 1, 1])) == {"accuracy": 0.5}
+
+
+def test_mrpc_f1_and_accuracy():
+    # pred 1,1,0,0 vs label 1,0,1,0: TP=1 FP=1 FN=1 -> F1 = 2/(2+1+1) = 0.5; accuracy 0.5
+    pred = np.array([[0, 1], [0, 1], [1, 0], [1, 0]], dtype=float)
+    m = compute_metrics(get_task("mrpc"), pred, np.array([1, 0, 1, 0]))
+    assert m == pytest.approx({"f1": 0.5, "accuracy": 0.5})
+
+
+def test_cola_matthews():
+    # TP=2 TN=1 FP=1 FN=0: (2*1 - 1*0) / sqrt(3*2*2*1) = 2/sqrt(12)
+    pred = np.array([1, 1, 1, 0])
+    m = compute_metrics(get_task("cola"), np.eye(2)[pred], np.array([1, 1, 0, 0]))
+    assert m["matthews"] == pytest.approx(2 / np.sqrt(12))
+
+
+def test_stsb_pearson_spearman():
+    scores = np.array([[1.0], [2.0], [3.0], [5.0]])
+    m = compute_metrics(get_task("stsb"), scores, np.array([1.0, 2.0, 3.0, 4.0]))
+    # Spearman: same order -> 1. Pearson of (1,2,3,5) and (1,2,3,4): cov 4.1667/ (1.7078*1.2910)
+    assert m["spearman"] == pytest.approx(1.0)
+    x, y = np.array([1, 2, 3, 5.0]), np.array([1, 2, 3, 4.0])
+    hand = ((x - x.mean()) * (y - y.mean())).sum() / np.sqrt(((x - x.mean()) ** 2).sum() * ((y - y.mean()) ** 2).sum())
+    assert m["pearson"] == pytest.approx(hand)
+    assert glue_score({"pearson": 0.8, "spearman": 0.9}) == pytest.approx(85.0)
