@@ -141,3 +141,30 @@ def test_shapes_and_invariants(n, d, k, data):
     assert torch.allclose(eye, torch.eye(j, dtype=X.dtype).expand(k, j, j), atol=1e-8)
     assert 0 <= pc.cost_ <= float(X.square().sum()) * (1 + 1e-9)
     assert pc.cost_ == pytest.approx(recomputed_cost(X, pc.bases_, pc.labels_), rel=1e-7, abs=1e-9)
+
+
+def _largest_principal_angle(B1, B2):
+    s = torch.linalg.svdvals(B1.double() @ B2.double().T)
+    return float(torch.arccos(s.min().clamp(max=1.0)))
+
+
+@pytest.mark.parametrize("loss", ["l1", "huber"])
+def test_robust_losses_resist_outlier_rows(loss):
+    g = torch.Generator().manual_seed(0)
+    true = torch.linalg.qr(torch.randn(8, 2, generator=g, dtype=torch.float64))[0].T
+    inliers = torch.randn(300, 2, generator=g, dtype=torch.float64) @ true
+    inliers += 0.01 * torch.randn(inliers.shape, generator=g, dtype=torch.float64)
+    outliers = 5 * torch.randn(6, 8, generator=g, dtype=torch.float64)  # pull l2 off the plane
+    X = torch.cat([inliers, outliers])
+    plain = ProjectiveClustering(1, 2, n_init=1, max_iter=30).fit(X)
+    robust = ProjectiveClustering(1, 2, n_init=1, max_iter=30, loss=loss).fit(X)
+    assert _largest_principal_angle(robust.bases_[0], true) < 0.1
+    assert _largest_principal_angle(robust.bases_[0], true) < 0.5 * _largest_principal_angle(plain.bases_[0], true)
+    h = robust.cost_history_
+    assert h[-1] <= h[0]
+
+
+def test_unknown_loss_is_refused():
+    X, _ = planted()
+    with pytest.raises(MessiError, match="loss"):
+        ProjectiveClustering(2, 2, loss="cauchy").fit(X)

@@ -165,3 +165,9 @@ def test_broken_folder_gives_clear_error(compressed, tmp_path, damage, match):
 def test_missing_model_folder():
     with pytest.raises(MessiError, match="does not exist"):
         messi.load_pretrained("/no/such/folder")
+
+
+def test_mpnet_not_fetched_names_the_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("MESSI_CACHE", str(tmp_path))
+    with pytest.raises(MessiError, match="messi fetch-model mpnet"):
+        messi.load_pretrained("mpnet")

@@ -69,6 +69,7 @@ def compress(
     seed: int = typer.Option(0, "--seed", help="Seed of the clustering."),
     n_init: int = typer.Option(4, "--n-init", help="Clustering restarts; the lowest cost wins."),
     max_iter: int = typer.Option(50, "--max-iter", help="Most EM steps per restart."),
+    loss: str = typer.Option("l2", "--loss", help="Clustering loss of a row's distance: l2, l1 or huber (robust, IRLS)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT_DIR if it exists."),
 ):
     """Compress a model's input embedding and write an HF folder plus messi.json."""
@@ -82,12 +83,14 @@ def compress(
     check_ratio(ratio)
     if k < 1:
         raise MessiError(f"--k must be >= 1, got {k}")
+    if loss not in ("l2", "l1", "huber"):
+        raise MessiError(f"--loss must be l2, l1 or huber, got {loss!r}")
     if rank is not None and rank < 1:
         raise MessiError(f"--rank must be >= 1, got {rank}")
     net = load_pretrained(model)
     tokenizer = load_tokenizer(model)
     compress_model(net, method=method, ratio=ratio, k=k, rank=rank, seed=seed, n_init=n_init,
-                 max_iter=max_iter, verbose=True)
+                 max_iter=max_iter, loss=loss, verbose=True)
     save(net, out_dir, tokenizer=tokenizer, extra={"source_model": str(model or DEFAULT_MODEL)})
     console.print(info_table(net.messi_config, f"{out_dir}"))
 

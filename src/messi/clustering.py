@@ -116,16 +116,44 @@ def _gram(rows: torch.Tensor) -> torch.Tensor:
     return (rows.T @ rows).double()
 
 
-def _refit(X: torch.Tensor, labels: torch.Tensor, residuals: torch.Tensor, k: int, j: int):
+LOSSES = ("l2", "l1", "huber")
+
+
+def row_weights(residuals: torch.Tensor, loss: str, delta: float) -> torch.Tensor | None:
+    """IRLS weights (n,) that turn a refit into one step on a robust loss of the distance.
+
+    l2: None (plain least squares). l1: 1/dist. huber: 1 within ``delta``, delta/dist beyond.
+    """
+    if loss == "l2":
+        return None
+    dist = residuals.sqrt().clamp_(min=1e-12)
+    return 1.0 / dist if loss == "l1" else (delta / dist).clamp_(max=1.0)
+
+
+def robust_cost(residuals: torch.Tensor, loss: str, delta: float) -> float:
+    """Sum over rows of the loss of the distance (``residuals`` are squared distances)."""
+    if loss == "l2":
+        return float(residuals.double().sum())
+    dist = residuals.double().sqrt()
+    if loss == "l1":
+        return float(dist.sum())
+    return float(torch.where(dist <= delta, 0.5 * dist.square(), delta * (dist - 0.5 * delta)).sum())
+
+
+def _refit(X: torch.Tensor, labels: torch.Tensor, residuals: torch.Tensor, k: int, j: int,
+           weights: torch.Tensor | None = None):
     """New basis per cluster from its rows; clusters with fewer than j rows are re-seeded.
 
     A starved cluster takes the subspace of the rows that are worst served now (largest
-    residuals); the next assignment then lets them move to it. Returns (bases (k, j, d) in
-    float64, exact cost of ``labels`` under those bases).
+    residuals); the next assignment then lets them move to it. ``weights`` (n,) weigh the rows
+    (IRLS for robust losses). Returns (bases (k, j, d) in float64, exact squared-distance cost
+    of ``labels`` under those bases, weighted if ``weights`` are given).
     """
     bases, cost = [], 0.0
     counts = torch.bincount(labels, minlength=k)
     worst = None
+    if weights is not None:
+        X = X * weights.sqrt().to(X.dtype)[:, None]
     for i in range(k):
         gram = _gram(X[labels == i])
         if int(counts[i]) >= j:
@@ -212,6 +240,11 @@ class ProjectiveClustering:
         reference code's random equal split.
     seed : int
         Seeds every random draw: the same seed gives the same result.
+    loss : {"l2", "l1", "huber"}
+        Cost of a row's distance: squared (the paper's default), absolute, or Huber. The robust
+        losses refit by iteratively reweighted least squares (IRLS) and damp outlier rows.
+    delta : float or None
+        Huber's threshold; None takes the median row distance of each run's first fit.
     verbose : bool
         Show a progress bar over the EM steps.
 
@@ -222,7 +255,8 @@ class ProjectiveClustering:
     labels_ : torch.Tensor of shape (n,), int64
         Cluster of every row; ``bases_`` are the optimal subspaces for these labels.
     cost_ : float
-        Sum of squared distances of the rows to their cluster's subspace.
+        Sum over rows of the loss of the distance to their cluster's subspace (for "l2":
+        the sum of squared distances).
     n_iter_ : int
         EM steps of the kept run.
     cost_history_ : list of float
@@ -236,7 +270,8 @@ class ProjectiveClustering:
     """
 
     def __init__(self, n_clusters: int = 3, rank: int = 2, n_init: int = 4, max_iter: int = 50,
-                 tol: float = 1e-4, init: str = "kmeans", seed: int = 0, verbose: bool = False):
+                 tol: float = 1e-4, init: str = "kmeans", seed: int = 0, loss: str = "l2",
+                 delta: float | None = None, verbose: bool = False):
         self.n_clusters = n_clusters
         self.rank = rank
         self.n_init = n_init
@@ -244,6 +279,8 @@ class ProjectiveClustering:
         self.tol = tol
         self.init = init
         self.seed = seed
+        self.loss = loss
+        self.delta = delta
         self.verbose = verbose
 
     def _check(self, X: torch.Tensor) -> None:
@@ -259,6 +296,8 @@ class ProjectiveClustering:
             raise MessiError("n_init and max_iter must be >= 1")
         if self.init not in ("kmeans", "random"):
             raise MessiError(f"init must be 'kmeans' or 'random', got {self.init!r}")
+        if self.loss not in LOSSES:
+            raise MessiError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
 
     def fit(self, A) -> "ProjectiveClustering":
         """Fit the subspaces to the rows of ``A`` (n, d): a torch tensor or a numpy array."""
@@ -284,22 +323,27 @@ class ProjectiveClustering:
 
     def _lloyd(self, X, sq_norms, labels, bar) -> _Run:
         """One EM run from ``labels`` until the labels or the cost stop moving."""
-        k, j = self.n_clusters, self.rank
+        k, j, loss = self.n_clusters, self.rank, self.loss
         resid = sq_norms  # distances to a zero subspace: starved clusters take the longest rows
         run = _Run(None, labels)
-        stable = False
+        stable, weights, delta = False, None, self.delta
         for step in range(self.max_iter):
-            run.bases, cost = _refit(X, run.labels, resid, k, j)
-            run.history.append(cost)
+            run.bases, cost = _refit(X, run.labels, resid, k, j, weights)
             bar.update(1)
             labels, resid = assign(X, run.bases, sq_norms)
+            if loss != "l2":  # robust: score the new assignment, reweigh for the next refit
+                delta = float(resid.sqrt().median()) if delta is None else delta
+                cost = robust_cost(resid, loss, delta)
+                weights = row_weights(resid, loss, delta)
+            run.history.append(cost)
             stable = torch.equal(labels, run.labels)
             run.labels = labels
             h = run.history
-            if stable or (len(h) > 1 and h[-2] - h[-1] <= self.tol * h[-2]):
+            # robust losses reweigh rows even when no label moves: only the cost can say "done"
+            if (stable and loss == "l2") or (len(h) > 1 and h[-2] - h[-1] <= self.tol * h[-2]):
                 bar.update(self.max_iter - step - 1)
                 break
-        if not stable:  # make the bases optimal for the final labels
+        if not stable and loss == "l2":  # make the bases optimal for the final labels
             run.bases, cost = _refit(X, run.labels, resid, k, j)
             run.history.append(cost)
         return run

@@ -60,7 +60,7 @@ def _install(model: nn.Module, layer: _LowRankEmbedding, tied: bool) -> None:
 
 def compress(model: nn.Module, method: str = "messi", ratio: float = 0.4, k: int = 3,
              rank: int | None = None, seed: int = 0, n_init: int = 4, max_iter: int = 50,
-             tol: float = 1e-4, verbose: bool = False) -> nn.Module:
+             tol: float = 1e-4, loss: str = "l2", verbose: bool = False) -> nn.Module:
     """Replace ``model.get_input_embeddings()`` by an SVD or MESSI layer, in place.
 
     Parameters
@@ -70,7 +70,8 @@ def compress(model: nn.Module, method: str = "messi", ratio: float = 0.4, k: int
     ratio : target compression of the embedding, 1 - new/old parameters, in (0, 1).
     k : number of subspaces for MESSI (ignored for SVD).
     rank : dimension j of the subspaces; None picks the largest j reaching ``ratio``.
-    seed, n_init, max_iter, tol : settings of the projective clustering.
+    seed, n_init, max_iter, tol, loss : settings of the projective clustering (loss: "l2",
+        "l1" or "huber", see ``ProjectiveClustering``).
 
     Returns the same model; ``model.messi_config`` holds what ``save`` writes to messi.json.
     A tied output projection (masked-LM heads) is switched to the factored table too.
@@ -96,7 +97,7 @@ def compress(model: nn.Module, method: str = "messi", ratio: float = 0.4, k: int
                                                  _padding_row(A, emb.padding_idx))
     else:
         factors = messi_factorize(A, k, rank, seed=seed, n_init=n_init, max_iter=max_iter,
-                                  tol=tol, verbose=verbose)
+                                  tol=tol, loss=loss, verbose=verbose)
         layer = ProjectiveEmbedding.from_factors(factors, emb.padding_idx,
                                                  _padding_row(A, emb.padding_idx))
     seconds = time.perf_counter() - start
@@ -108,6 +109,7 @@ def compress(model: nn.Module, method: str = "messi", ratio: float = 0.4, k: int
         "method": method, "k": k, "rank": rank, "ratio": ratio,
         "compression": compression(n, d, k, rank),
         "seed": seed, "n_init": n_init, "max_iter": max_iter, "tol": tol,
+        "loss": loss if method == "messi" else "l2",
         "num_embeddings": n, "embedding_dim": d, "padding_idx": emb.padding_idx,
         "embedding_params_before": n * d,
         "embedding_params_after": parameter_count(n, d, k, rank),

@@ -87,13 +87,13 @@ def svd_factorize(A, rank: int) -> Factors:
 
 
 def messi_factorize(A, k: int, rank: int, seed: int = 0, n_init: int = 4, max_iter: int = 50,
-                    tol: float = 1e-4, verbose: bool = False) -> Factors:
+                    tol: float = 1e-4, loss: str = "l2", verbose: bool = False) -> Factors:
     """MESSI: (k, j)-projective clustering of the rows of ``A`` (n, d), then every row's
     coordinates (n, j) in its cluster's basis (k, j, d)."""
     X = as_matrix(A)
     _check_rank(rank, X.shape[1])
     pc = ProjectiveClustering(n_clusters=k, rank=rank, n_init=n_init, max_iter=max_iter, tol=tol,
-                              seed=seed, verbose=verbose).fit(X)
+                              seed=seed, loss=loss, verbose=verbose).fit(X)
     return Factors(coordinates(X, pc.bases_, pc.labels_), pc.bases_, pc.labels_)
 
 
