@@ -34,8 +34,8 @@ def reference_em(A: np.ndarray, k: int, j: int, steps: int, rng: np.random.Gener
     for _ in range(steps):
         for i in range(k):
             rows = A[labels == i]
-            if len(rows) >= j:  # the reference keeps an empty cluster's old basis
-                vt = np.linalg.svd(rows, full_matrices=True)[2]
+            if len(rows) >= d:  # the reference keeps an empty cluster's old basis
+                vt = np.linalg.svd(rows, full_matrices=False)[2]  # (d, d) when rows >= d
                 nulls[i] = vt[j:].T  # (d, d - j)
         dist = np.stack([np.square(A @ N).sum(1) for N in nulls], axis=1)
         labels = dist.argmin(1)

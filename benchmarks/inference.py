@@ -3,7 +3,8 @@ MESSI (k=3) models at 40%, at batch 1 x 128 and 32 x 128 tokens, as ratios to th
 
 Latencies are medians over repetitions, the three models interleaved in every repetition so
 that they see the same machine. Peak memory is the resident set of a fresh process that loads
-one model and runs one 32 x 128 forward. Runs on CUDA when present (--device cuda).
+one model from disk (the compressed ones saved and reloaded with messi.load) and runs one
+32 x 128 forward. Runs on CUDA when present (--device cuda).
 
     python benchmarks/inference.py
 """
@@ -16,6 +17,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -53,9 +55,10 @@ def weight_bytes(model) -> int:
     return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
 
 
-def worker(method: str, device: str) -> None:
-    """Load one model, run one 32 x 128 forward, print the peak memory as JSON."""
-    model = build(method).to(device)
+def worker(source: str, device: str) -> None:
+    """Load one model (built-in, or a saved messi folder), run one 32 x 128 forward, print the
+    peak memory as JSON."""
+    model = messi.load_pretrained(None if source == "original" else source).eval().to(device)
     ids = real_batch(32, 128, messi.load_tokenizer()).to(device)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -93,10 +96,15 @@ def main() -> None:
                         times[m].append(time.perf_counter() - start)
         for m in methods:
             rows[m][f"ms_{batch}x{length}"] = 1000 * statistics.median(times[m])
-    for m in methods:
-        out = subprocess.run([sys.executable, __file__, "--worker", m, "--device", args.device],
-                             capture_output=True, text=True, check=True)
-        rows[m]["peak_bytes"] = json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for m in methods:
+            source = m
+            if m != "original":
+                source = str(Path(tmp) / m)
+                messi.save(models[m].cpu(), source)
+            out = subprocess.run([sys.executable, __file__, "--worker", source, "--device", args.device],
+                                 capture_output=True, text=True, check=True)
+            rows[m]["peak_bytes"] = json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
     base = rows["original"]
     table = Table(title=f"Inference on {args.device} ({torch.get_num_threads()} threads), all-MiniLM-L6-v2, -40% embedding")
     for col in ("model", "1x128 ms", "ratio", "32x128 ms", "ratio", "weights MB", "ratio", "peak MB", "ratio"):
