@@ -51,12 +51,17 @@ def time_it(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def matrices(quick: bool):
-    """(name, matrix) pairs: the real MiniLM table and a documented RoBERTa-shape synthetic one."""
+def matrices(quick: bool, which: str = "default"):
+    """(name, matrix) pairs: the real MiniLM table and a documented RoBERTa-shape synthetic one,
+    or (``which="mpnet"``) the real all-mpnet-base-v2 table (after `messi fetch-model mpnet`)."""
     from safetensors.torch import load_file
 
     from messi.models import resolve_model
 
+    if which == "mpnet":
+        path = resolve_model("mpnet") / "model.safetensors"
+        yield "all-mpnet-base-v2 30527x768 (real)", load_file(str(path))["embeddings.word_embeddings.weight"]
+        return
     A = load_file(str(resolve_model("minilm") / "model.safetensors"))["embeddings.word_embeddings.weight"]
     if quick:
         yield "minilm[:5000] (real)", A[:5000]
@@ -72,12 +77,14 @@ def matrices(quick: bool):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--matrices", choices=("default", "mpnet"), default="default",
+                        help="default: MiniLM + RoBERTa-shape synthetic; mpnet: the fetched all-mpnet-base-v2")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "em_speed.json"))
+    parser.add_argument("--out", default=None, help="JSON path (default results/em_speed[_mpnet].json)")
     args = parser.parse_args()
     rows = []
-    for name, A in matrices(args.quick):
+    for name, A in matrices(args.quick, args.matrices):
         n, d = A.shape
         svd_s, _ = time_it(lambda: torch.linalg.svdvals(A), args.repeats)
         for k in (3, 5):
@@ -101,7 +108,8 @@ def main() -> None:
                       f"{r['messi_s_per_step']:.3f}", f"{r['speedup']:.1f}x", f"{r['reference_cost']:.4g}",
                       f"{r['messi_cost']:.4g}", f"{r['svd_seconds']:.2f}")
     Console().print(table)
-    write_json(args.out, rows)
+    suffix = "" if args.matrices == "default" else f"_{args.matrices}"
+    write_json(args.out or Path(__file__).parent / "results" / f"em_speed{suffix}.json", rows)
 
 
 if __name__ == "__main__":
