@@ -10,7 +10,6 @@ Prints a table and writes benchmarks/results/em_speed.json. Run alone on a quiet
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path

@@ -20,7 +20,7 @@ from torch import nn
 
 from . import __version__
 from .errors import MessiError
-from .factorize import (METHODS, check_ratio, compression, messi_factorize, parameter_count,
+from .factorize import (METHODS, check_rank, check_ratio, compression, messi_factorize, parameter_count,
                         rank_for_ratio, relative_error, svd_factorize)
 from .io import atomic_dir, write_json
 from .layers import FactorizedEmbedding, ProjectiveEmbedding, TiedOutputEmbedding, _LowRankEmbedding
@@ -88,8 +88,8 @@ def compress(model: nn.Module, method: str = "messi", ratio: float = 0.4, k: int
     n, d = A.shape
     if rank is None:
         rank = rank_for_ratio(n, d, k, ratio)
-    elif not isinstance(rank, int) or not 1 <= rank < d:
-        raise MessiError(f"rank must be an integer in [1, {d - 1}] for hidden size {d}, got {rank!r}")
+    else:
+        check_rank(rank, d)
     tied = _is_tied(model, emb)
     start = time.perf_counter()
     if method == "svd":

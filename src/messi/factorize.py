@@ -80,7 +80,7 @@ def rank_for_ratio(n: int, d: int, k: int, ratio: float) -> int:
 def svd_factorize(A, rank: int) -> Factors:
     """Truncated SVD of ``A`` (n, d): coords = U_j S_j (n, j), bases = V_j^T (1, j, d)."""
     X = as_matrix(A)
-    _check_rank(rank, X.shape[1])
+    check_rank(rank, X.shape[1])
     U, S, Vh = torch.linalg.svd(X, full_matrices=False)
     labels = torch.zeros(X.shape[0], dtype=torch.long, device=X.device)
     return Factors(U[:, :rank] * S[:rank], Vh[None, :rank].contiguous(), labels)
@@ -91,7 +91,7 @@ def messi_factorize(A, k: int, rank: int, seed: int = 0, n_init: int = 4, max_it
     """MESSI: (k, j)-projective clustering of the rows of ``A`` (n, d), then every row's
     coordinates (n, j) in its cluster's basis (k, j, d)."""
     X = as_matrix(A)
-    _check_rank(rank, X.shape[1])
+    check_rank(rank, X.shape[1])
     pc = ProjectiveClustering(n_clusters=k, rank=rank, n_init=n_init, max_iter=max_iter, tol=tol,
                               seed=seed, loss=loss, verbose=verbose).fit(X)
     return Factors(coordinates(X, pc.bases_, pc.labels_), pc.bases_, pc.labels_)
@@ -103,6 +103,7 @@ def relative_error(A: torch.Tensor, approx: torch.Tensor) -> float:
     return float((A64 - approx.detach().double()).square().sum() / A64.square().sum())
 
 
-def _check_rank(rank, d: int) -> None:
+def check_rank(rank, d: int) -> None:
+    """Raise MessiError unless rank is an integer in [1, d - 1]."""
     if not isinstance(rank, int) or not 1 <= rank < d:
         raise MessiError(f"rank must be an integer in [1, {d - 1}] for hidden size {d}, got {rank!r}")

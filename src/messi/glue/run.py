@@ -9,8 +9,7 @@ from ..compress import compress
 from ..errors import MessiError
 from ..io import write_json
 from .data import get_task, read_split
-from .train import (TrainConfig, config_dict, count_parameters, evaluate, fine_tune, load_classifier,
-                    subsample, tokenizer_for)
+from .train import TrainConfig, evaluate, fine_tune, load_classifier, run_record, subsample, tokenizer_for
 
 METHOD_CHOICES = ("none", "svd", "messi")
 
@@ -33,16 +32,10 @@ def run_glue(task_name: str, output_dir: str | Path, model_ref=None, method: str
         compress(model, method=method, ratio=ratio, k=k, seed=cfg.seed, verbose=True)
     fine_tune(model, tokenizer, task, train, cfg)
     metrics = evaluate(model, tokenizer, task, dev, cfg)
-    emb, total = count_parameters(model)
     info = getattr(model, "messi_config", None) or {}
-    record = {
-        "task": task.name, "method": info.get("method", method if method != "none" else "none"),
-        "ratio": info.get("ratio", 0.0), "compression": info.get("compression", 0.0),
-        "k": info.get("k"), "rank": info.get("rank"),
-        "embedding_params": emb, "total_params": total, "metrics": metrics,
-        "train_samples": len(train), "eval_samples": len(dev), "epochs": cfg.epochs, "seed": cfg.seed,
-        "seconds": time.perf_counter() - start, "model": str(model_ref or "minilm"),
-        "config": config_dict(cfg),
-    }
+    record = run_record(task, info.get("method", method), info.get("ratio", 0.0), model, cfg,
+                        metrics=metrics, train_samples=len(train), eval_samples=len(dev),
+                        epochs=cfg.epochs, seconds=time.perf_counter() - start,
+                        model=str(model_ref or "minilm"))
     write_json(Path(output_dir) / "metrics.json", record)
     return record

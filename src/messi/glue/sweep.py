@@ -23,8 +23,7 @@ from ..compress import compress
 from ..errors import MessiError
 from ..io import atomic_dir, write_json
 from .data import get_task, read_split
-from .train import (TrainConfig, config_dict, count_parameters, evaluate, fine_tune, load_classifier,
-                    subsample, tokenizer_for)
+from .train import TrainConfig, evaluate, fine_tune, load_classifier, run_record, subsample, tokenizer_for
 
 PROTOCOLS = ("paper", "compress-first")
 
@@ -39,15 +38,6 @@ def _read(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-
-
-def _record(task, method, ratio, model, seed, cfg, **extra) -> dict:
-    emb, total = count_parameters(model)
-    info = getattr(model, "messi_config", None) or {}
-    return {"task": task.name, "method": method, "ratio": ratio if method != "none" else 0.0,
-            "compression": info.get("compression", 0.0), "k": info.get("k"), "rank": info.get("rank"),
-            "rel_error": info.get("rel_error"), "embedding_params": emb, "total_params": total,
-            "seed": seed, "config": config_dict(cfg), **extra}
 
 
 class Sweep:
@@ -131,7 +121,7 @@ class Sweep:
             compress(model, method=method, ratio=ratio, k=self.k, seed=seed, verbose=True)
             before, epochs = evaluate(model, tokenizer, task, dev, cfg), self.recovery_epochs
         fine_tune(model, tokenizer, task, train, cfg, epochs=epochs)
-        record = _record(task, method, ratio, model, seed, cfg, protocol=self.protocol,
+        record = run_record(task, method, ratio, model, cfg, protocol=self.protocol,
                          metrics=evaluate(model, tokenizer, task, dev, cfg), no_recovery=before,
                          reference=reference["metrics"], train_samples=len(train),
                          eval_samples=len(dev), epochs=epochs, seconds=time.perf_counter() - start)
@@ -143,7 +133,7 @@ class Sweep:
         record = _read(path)
         if record is None:
             train_info = _read(path.parent.parent / "base" / "train.json") or {}
-            record = _record(task, "none", 0.0, model, seed, cfg, protocol=self.protocol,
+            record = run_record(task, "none", 0.0, model, cfg, protocol=self.protocol,
                              metrics=evaluate(model, tokenizer, task, dev, cfg), no_recovery=None,
                              train_samples=train_info.get("train_samples"), eval_samples=len(dev),
                              epochs=cfg.epochs, seconds=train_info.get("seconds"))

@@ -7,7 +7,6 @@ The Trainer runs unchanged on one CPU, one GPU, or several under ``accelerate la
 from __future__ import annotations
 
 import copy
-import logging
 import random
 import tempfile
 from dataclasses import asdict, dataclass
@@ -165,8 +164,11 @@ def tokenizer_for(model_ref):
     return tok
 
 
-def config_dict(cfg: TrainConfig) -> dict:
-    return asdict(cfg)
-
-
-logging.getLogger("transformers.trainer").setLevel(logging.WARNING)
+def run_record(task: Task, method: str, ratio: float, net: nn.Module, cfg: TrainConfig, **extra) -> dict:
+    """The metrics.json fields every run shares: what was trained, how big it is, with what settings."""
+    emb, total = count_parameters(net)
+    info = getattr(net, "messi_config", None) or {}
+    return {"task": task.name, "method": method, "ratio": ratio if method != "none" else 0.0,
+            "compression": info.get("compression", 0.0), "k": info.get("k"), "rank": info.get("rank"),
+            "rel_error": info.get("rel_error"), "embedding_params": emb, "total_params": total,
+            "seed": cfg.seed, "config": asdict(cfg), **extra}
