@@ -228,13 +228,18 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None) -> n
     return model.to(device) if device is not None else model
 
 
+def is_messi_folder(path) -> bool:
+    """Whether ``path`` is a folder written by ``save`` (it holds messi.json)."""
+    return path is not None and (Path(path) / CONFIG_NAME).is_file()
+
+
 def load_pretrained(name_or_path: str | os.PathLike | None = None) -> nn.Module:
     """Load an original or compressed model by built-in name or folder, in eval mode.
 
     A folder with messi.json goes through ``load``; any other Hugging Face folder loads with
     the class its config names (``architectures``), falling back to ``AutoModel``.
     """
-    if name_or_path is not None and (Path(name_or_path) / CONFIG_NAME).is_file():
+    if is_messi_folder(name_or_path):
         return load(name_or_path)
     path = resolve_model(name_or_path)
     config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)

@@ -110,14 +110,15 @@ class Sweep:
         cfg = self._cfg(seed)
         train, dev = self._splits(task, cfg)
         start = time.perf_counter()
-        model, tokenizer, _ = self._base(task, seed)
-        reference = self._reference(task, seed, model, tokenizer, cfg, dev)
+        reference = self._reference(task, seed, cfg, dev)
         if method == "none":
             return
         if self.protocol == "compress-first":  # compress the pretrained model, then fine-tune
-            model, before, epochs = load_classifier(self.model_ref, task), None, cfg.epochs
+            model, tokenizer = load_classifier(self.model_ref, task), tokenizer_for(self.model_ref)
             compress(model, method=method, ratio=ratio, k=self.k, seed=seed, verbose=True)
+            before, epochs = None, cfg.epochs
         else:  # compress the fine-tuned model, evaluate as is, then recover
+            model, tokenizer, _ = self._base(task, seed)
             compress(model, method=method, ratio=ratio, k=self.k, seed=seed, verbose=True)
             before, epochs = evaluate(model, tokenizer, task, dev, cfg), self.recovery_epochs
         fine_tune(model, tokenizer, task, train, cfg, epochs=epochs)
@@ -127,11 +128,13 @@ class Sweep:
                          eval_samples=len(dev), epochs=epochs, seconds=time.perf_counter() - start)
         write_json(target, record)
 
-    def _reference(self, task, seed, model, tokenizer, cfg, dev) -> dict:
-        """The uncompressed fine-tuned model's metrics (the ``none`` cell), computed once."""
+    def _reference(self, task, seed, cfg, dev) -> dict:
+        """The uncompressed fine-tuned model's metrics (the ``none`` cell), computed once; the
+        cached base is loaded only when they are not on disk yet."""
         path = self.out / task.name / f"seed-{seed}" / "none" / "metrics.json"
         record = _read(path)
         if record is None:
+            model, tokenizer, _ = self._base(task, seed)
             train_info = _read(path.parent.parent / "base" / "train.json") or {}
             record = run_record(task, "none", 0.0, model, cfg, protocol=self.protocol,
                              metrics=evaluate(model, tokenizer, task, dev, cfg), no_recovery=None,

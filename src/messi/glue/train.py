@@ -10,13 +10,12 @@ import copy
 import random
 import tempfile
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import transformers
 from torch import nn
 
-from ..compress import CONFIG_NAME, _install, load, load_tokenizer
+from ..compress import _install, is_messi_folder, load, load_tokenizer
 from ..errors import MessiError
 from ..models import resolve_model
 from .data import Example, Task
@@ -79,7 +78,7 @@ def as_classifier(base: nn.Module, task: Task) -> nn.Module:
 
 def load_classifier(model_ref, task: Task) -> nn.Module:
     """Classifier for ``task`` from a built-in name, a Hugging Face folder or a messi folder."""
-    if model_ref is not None and (Path(model_ref) / CONFIG_NAME).is_file():
+    if is_messi_folder(model_ref):
         return as_classifier(load(model_ref), task)
     path = resolve_model(model_ref)
     config = _configure(transformers.AutoConfig.from_pretrained(path, local_files_only=True), task)
