@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 from conftest import planted
 from messi import MessiError, ProjectiveClustering
@@ -129,7 +129,6 @@ def test_runs_on_cuda():
     assert pc.bases_.is_cuda and pc.labels_.is_cuda
 
 
-@settings(max_examples=25, deadline=None)
 @given(n=st.integers(8, 60), d=st.integers(3, 10), k=st.integers(1, 4), data=st.data())
 def test_shapes_and_invariants(n, d, k, data):
     j = data.draw(st.integers(1, d - 1))

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 from torch import nn
 
 from messi import FactorizedEmbedding, ProjectiveEmbedding, TiedOutputEmbedding
@@ -69,7 +69,6 @@ def test_label_buffer_is_small_and_not_a_parameter():
     assert "labels" not in dict(layer.named_parameters())
 
 
-@settings(max_examples=20, deadline=None)
 @given(n=st.integers(5, 200), d=st.integers(2, 64), k=st.integers(1, 6), data=st.data())
 def test_parameter_counts(n, d, k, data):
     j = data.draw(st.integers(1, d - 1))

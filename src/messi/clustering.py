@@ -105,7 +105,8 @@ def top_subspace(gram: torch.Tensor, rank: int) -> torch.Tensor:
 def _subspace_cost(gram: torch.Tensor, basis: torch.Tensor) -> float:
     """Sum of squared distances of the rows behind ``gram`` to the span of ``basis``."""
     kept = (basis @ gram * basis).sum()
-    return float(torch.trace(gram) - kept)
+    # a cluster that fits exactly (m <= j rows) gives trace - kept ~ -1e-14: a distance is >= 0
+    return max(float(torch.trace(gram) - kept), 0.0)
 
 
 def _gram(rows: torch.Tensor) -> torch.Tensor:
