@@ -23,6 +23,14 @@ def _column(r: dict) -> str:
     return "none" if r["method"] == "none" else f"{r['method']} {r['ratio']:.0%}"
 
 
+def _column_order(column: str):
+    """none first, then by ratio, the SVD baseline before MESSI at each ratio."""
+    if column == "none":
+        return (0, 0.0, "")
+    method, ratio = column.split()
+    return (1, float(ratio.rstrip("%")), "" if method == "svd" else method)
+
+
 def _mean_spread(values: list[float]) -> str:
     if not values:
         return "—"
@@ -45,6 +53,67 @@ def summarize(records: list[dict]):
     return scores, params
 
 
+def paired_drops(records: list[dict]):
+    """drops[(column, stage)][task][seed] = score - the uncompressed score of the same task and seed.
+
+    Pairing by seed removes what the columns share (the fine-tuned base model, the data order),
+    so the spread left is the compression's own.
+    """
+    ref = {(r["task"], r["seed"]): glue_score(r["metrics"]) for r in records if r["method"] == "none"}
+    drops = defaultdict(lambda: defaultdict(dict))
+    for r in records:
+        base = ref.get((r["task"], r["seed"]))
+        if r["method"] == "none" or base is None:
+            continue
+        for stage, key in (("recovery", "metrics"), ("no_recovery", "no_recovery")):
+            if r.get(key):
+                drops[(_column(r), stage)][r["task"]][r["seed"]] = glue_score(r[key]) - base
+    return drops
+
+
+def _signed(values: list[float]) -> str:
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:+.2f}"
+    return f"{statistics.mean(values):+.2f} ± {statistics.stdev(values):.2f}"
+
+
+def _difference(a: dict, b: dict) -> dict:
+    """Per-seed a - b over the seeds both have."""
+    return {s: a[s] - b[s] for s in a.keys() & b.keys()}
+
+
+def _average_drop(by_task: dict[str, dict], tasks: list[str]) -> str:
+    """Mean over tasks of each task's mean drop; ± the spread over seeds that every task has."""
+    if any(not by_task.get(t) for t in tasks):
+        return "—"
+    mean = statistics.mean(statistics.mean(by_task[t].values()) for t in tasks)
+    common = set.intersection(*(set(by_task[t]) for t in tasks))
+    if len(common) < 2:
+        return f"**{mean:+.2f}**"
+    per_seed = [statistics.mean(by_task[t][s] for t in tasks) for s in sorted(common)]
+    return f"**{mean:+.2f}** ± {statistics.stdev(per_seed):.2f}"
+
+
+def _drop_table(drops, columns: list[str], tasks: list[str], stage: str, seeds_of: dict) -> list[str]:
+    """Rows of the paired-drop table for one stage, with a MESSI - SVD column per ratio."""
+    cols = [c for c in columns if c != "none" and (c, stage) in drops]
+    ratios = sorted({c.split()[1] for c in cols})
+    diffs = {f"messi − svd {q}": (f"messi {q}", f"svd {q}") for q in ratios
+             if f"messi {q}" in cols and f"svd {q}" in cols}
+    table = {c: drops[(c, stage)] for c in cols}
+    for name, (m, v) in diffs.items():
+        table[name] = {t: _difference(table[m].get(t, {}), table[v].get(t, {})) for t in tasks}
+    names = list(table)
+    lines = ["| task | seeds | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
+    for t in tasks:
+        lines.append(f"| {t} | {seeds_of.get(t, 0)} | "
+                     + " | ".join(_signed(list(table[c].get(t, {}).values())) for c in names) + " |")
+    lines.append("| **average** | | " + " | ".join(_average_drop(table[c], tasks) for c in names) + " |")
+    return lines + [""]
+
+
 def _average(by_task: dict[str, list[float]], tasks: list[str]) -> float | None:
     if any(not by_task.get(t) for t in tasks):
         return None
@@ -59,7 +128,7 @@ def write_report(sweep_dir: str | Path) -> tuple[Path, Path, str]:
     records = load_records(sweep_dir)
     scores, params = summarize(records)
     tasks = sorted({r["task"] for r in records})
-    columns = sorted(params, key=lambda c: (c != "none", c.split()[0], c))
+    columns = sorted(params, key=_column_order)
     seeds = sorted({r["seed"] for r in records})
     ref = scores[("none", "recovery")]
     lines = [f"# GLUE sweep: {sweep_dir.name}", "",
@@ -78,16 +147,24 @@ def write_report(sweep_dir: str | Path) -> tuple[Path, Path, str]:
         lines.append("| drop vs none | " + " | ".join(
             "—" if a is None or avg_ref is None else f"{a - avg_ref:+.2f}" for a in avgs) + " |")
         lines.append("")
+    drops = paired_drops(records)
+    seeds_of = {t: len(ref.get(t, [])) for t in tasks}
+    lines += ["## Drop against uncompressed, paired by seed", "",
+              "Each cell: the column's score minus the uncompressed model's score for the same task "
+              "and seed, mean ± std over seeds; `messi − svd` is the per-seed difference of the two "
+              "(positive: MESSI better). The average's ± is the spread over seeds every task has.", ""]
+    for stage, title in (("recovery", "After recovery"), ("no_recovery", "Without recovery")):
+        lines += [f"### {title}", ""] + _drop_table(drops, columns, tasks, stage, seeds_of)
     lines += ["## Sizes", "", "| column | embedding parameters |", "|---|---|"]
     lines += [f"| {c} | {params[c]:,} |" for c in columns] + [""]
     md = "\n".join(lines)
     md_path, png_path = sweep_dir / "report.md", sweep_dir / "report.png"
     write_text(md_path, md)
-    _plot(scores, params, tasks, png_path)
+    _plot(scores, params, tasks, png_path, drops, columns)
     return md_path, png_path, md
 
 
-def _plot(scores, params, tasks, path: Path) -> None:
+def _plot(scores, params, tasks, path: Path, drops=None, columns=()) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -95,14 +172,15 @@ def _plot(scores, params, tasks, path: Path) -> None:
 
     from ..io import atomic_file
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, (ax, bars) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [1, 1.2]})
+    _plot_drops(bars, drops or {}, [c for c in columns if c != "none"], tasks)
     ref = _average(scores[("none", "recovery")], tasks)
     if ref is not None:
         ax.axhline(ref, color="black", lw=1)
         ax.plot(params["none"] / 1e6, ref, "k*", ms=12, label=f"uncompressed ({params['none'] / 1e6:.1f}M)")
     methods = sorted({c.split()[0] for c in params if c != "none"})
-    for i, method in enumerate(methods):
-        color = f"C{i}"
+    for method in methods:
+        color = _color(method)
         for stage, style in (("recovery", "-o"), ("no_recovery", "--x")):
             pts = sorted((params[c], _average(scores[(c, stage)], tasks)) for c in params
                          if c.split()[0] == method and (c, stage) in scores)
@@ -119,3 +197,29 @@ def _plot(scores, params, tasks, path: Path) -> None:
     with atomic_file(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
+
+
+def _color(method: str) -> str:
+    """One colour per method in both panels: SVD blue, MESSI orange, others after."""
+    known = {"svd": "C0", "messi": "C1"}
+    return known.get(method, f"C{2 + sum(map(ord, method)) % 7}")
+
+
+def _plot_drops(ax, drops, columns: list[str], tasks: list[str]) -> None:
+    """Grouped bars: each task's mean drop without recovery per column, std over seeds as whiskers."""
+    width = 0.8 / max(1, len(columns))
+    first_ratio = columns[0].split()[1] if columns else None
+    for i, col in enumerate(columns):
+        by_task = drops.get((col, "no_recovery"), {})
+        values = [list(by_task.get(t, {}).values()) for t in tasks]
+        means = [statistics.mean(v) if v else 0.0 for v in values]
+        spread = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
+        ax.bar([x + (i - (len(columns) - 1) / 2) * width for x in range(len(tasks))], means, width,
+               yerr=spread, capsize=2, label=col, color=_color(col.split()[0]),
+               hatch=None if col.split()[1] == first_ratio else "//", edgecolor="white")
+    ax.axhline(0, color="black", lw=1)
+    ax.set_xticks(range(len(tasks)), tasks)
+    ax.set_ylabel("score - uncompressed (points)")
+    ax.set_title("Per-task drop without recovery (paired by seed)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
