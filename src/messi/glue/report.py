@@ -31,12 +31,17 @@ def _column_order(column: str):
     return (1, float(ratio.rstrip("%")), "" if method == "svd" else method)
 
 
-def _mean_spread(values: list[float]) -> str:
+def _mean_spread(values: list[float], fmt: str = ".1f", spread_fmt: str = ".1f") -> str:
+    """``mean ± std`` of ``values`` (just the value for one, a dash for none)."""
     if not values:
         return "—"
     if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+        return format(values[0], fmt)
+    return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), spread_fmt)}"
+
+
+#: (stage, the metrics.json key holding that stage's metrics)
+STAGES = (("recovery", "metrics"), ("no_recovery", "no_recovery"))
 
 
 def summarize(records: list[dict]):
@@ -47,9 +52,9 @@ def summarize(records: list[dict]):
     for r in records:
         col = _column(r)
         params[col] = r["embedding_params"]
-        scores[(col, "recovery")][r["task"]].append(glue_score(r["metrics"]))
-        if r.get("no_recovery"):
-            scores[(col, "no_recovery")][r["task"]].append(glue_score(r["no_recovery"]))
+        for stage, key in STAGES:
+            if r.get(key):
+                scores[(col, stage)][r["task"]].append(glue_score(r[key]))
     return scores, params
 
 
@@ -65,18 +70,10 @@ def paired_drops(records: list[dict]):
         base = ref.get((r["task"], r["seed"]))
         if r["method"] == "none" or base is None:
             continue
-        for stage, key in (("recovery", "metrics"), ("no_recovery", "no_recovery")):
+        for stage, key in STAGES:
             if r.get(key):
                 drops[(_column(r), stage)][r["task"]][r["seed"]] = glue_score(r[key]) - base
     return drops
-
-
-def _signed(values: list[float]) -> str:
-    if not values:
-        return "—"
-    if len(values) == 1:
-        return f"{values[0]:+.2f}"
-    return f"{statistics.mean(values):+.2f} ± {statistics.stdev(values):.2f}"
 
 
 def _difference(a: dict, b: dict) -> dict:
@@ -86,9 +83,9 @@ def _difference(a: dict, b: dict) -> dict:
 
 def _average_drop(by_task: dict[str, dict], tasks: list[str]) -> str:
     """Mean over tasks of each task's mean drop; ± the spread over seeds that every task has."""
-    if any(not by_task.get(t) for t in tasks):
+    mean = _average({t: list(by_task.get(t, {}).values()) for t in tasks}, tasks)
+    if mean is None:
         return "—"
-    mean = statistics.mean(statistics.mean(by_task[t].values()) for t in tasks)
     common = set.intersection(*(set(by_task[t]) for t in tasks))
     if len(common) < 2:
         return f"**{mean:+.2f}**"
@@ -109,7 +106,7 @@ def _drop_table(drops, columns: list[str], tasks: list[str], stage: str, seeds_o
     lines = ["| task | seeds | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
     for t in tasks:
         lines.append(f"| {t} | {seeds_of.get(t, 0)} | "
-                     + " | ".join(_signed(list(table[c].get(t, {}).values())) for c in names) + " |")
+                     + " | ".join(_mean_spread(list(table[c].get(t, {}).values()), "+.2f", ".2f") for c in names) + " |")
     for label, subset in _task_sets(tasks):
         lines.append(f"| **{label}** | | " + " | ".join(_average_drop(table[c], subset) for c in names) + " |")
     return lines + [""]
@@ -175,7 +172,7 @@ def write_report(sweep_dir: str | Path) -> tuple[Path, Path, str]:
     return md_path, png_path, md
 
 
-def _plot(scores, params, tasks, path: Path, drops=None, columns=()) -> None:
+def _plot(scores, params, tasks, path: Path, drops, columns: list[str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -184,7 +181,7 @@ def _plot(scores, params, tasks, path: Path, drops=None, columns=()) -> None:
     from ..io import atomic_file
 
     fig, (ax, bars) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [1, 1.2]})
-    _plot_drops(bars, drops or {}, [c for c in columns if c != "none"], tasks)
+    _plot_drops(bars, drops, [c for c in columns if c != "none"], tasks)
     ref = _average(scores[("none", "recovery")], tasks)
     if ref is not None:
         ax.axhline(ref, color="black", lw=1)
@@ -211,9 +208,8 @@ def _plot(scores, params, tasks, path: Path, drops=None, columns=()) -> None:
 
 
 def _color(method: str) -> str:
-    """One colour per method in both panels: SVD blue, MESSI orange, others after."""
-    known = {"svd": "C0", "messi": "C1"}
-    return known.get(method, f"C{2 + sum(map(ord, method)) % 7}")
+    """One colour per method in both panels: SVD blue, MESSI orange."""
+    return {"svd": "C0", "messi": "C1"}.get(method, "C2")
 
 
 def _plot_drops(ax, drops, columns: list[str], tasks: list[str]) -> None:
