@@ -9,6 +9,7 @@
 
 __version__ = "0.1.0"
 
+from .auto import MessiConfig, MessiModel, register as _register_auto  # noqa: E402
 from .clustering import ProjectiveClustering  # noqa: E402
 from .compress import compress, load, load_pretrained, load_tokenizer, read_info, save  # noqa: E402
 from .errors import MessiError  # noqa: E402
@@ -20,3 +21,5 @@ __all__ = [
     "read_info", "MessiError", "FactorizedEmbedding", "ProjectiveEmbedding", "TiedOutputEmbedding",
     "messi_factorize", "svd_factorize", "rank_for_ratio", "__version__",
 ]
+
+_register_auto()  # AutoConfig / AutoModel know compressed folders from now on

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import MessiError
+from .calibration import DEFAULT_ALPHA, DEFAULT_POWER
 from .models import DEFAULT_MODEL
 
 app = typer.Typer(help="Compress the embedding layer of Hugging Face models with projective clustering (MESSI).",
@@ -50,6 +51,13 @@ def info_table(info: dict, title: str) -> Table:
         ("embedding params after", f"{info['embedding_params_after']:,}"),
         ("cluster-id bytes (buffer)", f"{info.get('label_bytes', 0):,}"),
         ("rel_error |A-A'|^2/|A|^2", f"{info['rel_error']:.5f}"),
+    ]
+    if "weighted_rel_error" in info:
+        cal = info.get("calibration") or {}
+        rows += [("weighted rel_error (calibrated)", f"{info['weighted_rel_error']:.5f}"),
+                 ("calibration", ", ".join(map(str, cal.get("sources", [])))),
+                 ("calibration texts / tokens", f"{cal.get('texts', 0):,} / {cal.get('tokens', 0):,}")]
+    rows += [
         ("fit seconds", f"{info.get('fit_seconds', float('nan')):.1f}"),
     ]
     for key, value in rows:
@@ -71,10 +79,20 @@ def compress(
     max_iter: int = typer.Option(50, "--max-iter", help="Most EM steps per restart."),
     loss: str = typer.Option("l2", "--loss", help="Clustering loss of a row's distance: l2, l1 or huber (robust, IRLS)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT_DIR if it exists."),
+    calibration: Optional[list[str]] = typer.Option(
+        None, "--calibration",
+        help="Calibration text (repeatable, combined): a .txt file (one text per line), a .jsonl/.csv/.tsv "
+             "file with a text column, or glue:TASK (that task's train texts). Rows are weighted by use."),
+    text_column: str = typer.Option("text", "--text-column", help="Column/key of the text in .jsonl/.csv/.tsv calibration files."),
+    weight_alpha: float = typer.Option(DEFAULT_ALPHA, "--weight-alpha", help="Row weight = (count + alpha) ** power; alpha > 0 keeps unseen tokens in the fit."),
+    weight_power: float = typer.Option(DEFAULT_POWER, "--weight-power", help="Row weight exponent in [0, 4]; 0 = all rows equal."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="GLUE folder for glue:TASK calibration sources."),
 ):
     """Compress a model's input embedding and write an HF folder plus messi.json."""
+    from .calibration import calibrate, check_weighting
     from .compress import compress as compress_model, load_pretrained, load_tokenizer, save
     from .factorize import METHODS, check_ratio
+    from .models import resolve_model
 
     if out_dir.exists() and not overwrite:
         raise MessiError(f"{out_dir} already exists; choose another folder or pass --overwrite")
@@ -87,11 +105,21 @@ def compress(
         raise MessiError(f"--loss must be l2, l1 or huber, got {loss!r}")
     if rank is not None and rank < 1:
         raise MessiError(f"--rank must be >= 1, got {rank}")
+    if calibration:
+        check_weighting(weight_alpha, weight_power)  # a bad rule fails before the model loads
     net = load_pretrained(model)
     tokenizer = load_tokenizer(model)
+    cal = None
+    if calibration:
+        if tokenizer is None:
+            raise MessiError("--calibration needs the model's tokenizer, and the model folder has none")
+        cal = calibrate(tokenizer, calibration, net.get_input_embeddings().num_embeddings, data_dir,
+                        text_column, weight_alpha, weight_power)
     compress_model(net, method=method, ratio=ratio, k=k, rank=rank, seed=seed, n_init=n_init,
-                 max_iter=max_iter, loss=loss, verbose=True)
-    save(net, out_dir, tokenizer=tokenizer, extra={"source_model": str(model or DEFAULT_MODEL)})
+                   max_iter=max_iter, loss=loss, verbose=True, row_weights=None if cal is None else cal.weights,
+                   calibration=None if cal is None else cal.record())
+    save(net, out_dir, tokenizer=tokenizer, extra={"source_model": str(model or DEFAULT_MODEL)},
+         source=resolve_model(model))
     console.print(info_table(net.messi_config, f"{out_dir}"))
 
 
@@ -243,6 +271,32 @@ def demo(
                       max_train_samples=1000, seed=42)
     _run_sweep(output_dir, ["sst2", "mrpc"], ["none", "svd", "messi"], [0.4], 3, [42], None, cfg,
                1.0, "paper", data_dir, False)
+
+
+@app.command("eval-sts")
+@friendly
+def eval_sts(
+    model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
+    data_dir: Optional[Path] = DATA,
+    split: str = typer.Option("dev", "--split", help="STS-B split: dev (1,500 pairs, what we report) or train (5,749, for choosing settings)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Sentences per forward pass."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+):
+    """Zero-shot STS-B: Spearman x 100 of the cosine of the model's sentence embeddings vs gold scores."""
+    from .evaluate import eval_sts as run
+
+    if batch_size < 1:
+        raise MessiError(f"--batch-size must be >= 1, got {batch_size}")
+    result = run(model, data_dir, split, batch_size, progress=not as_json)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"zero-shot STS-B {split}: {result['model']}")
+    for key in ("spearman", "pearson"):
+        table.add_row(key, f"{result[key]:.2f}")
+    table.add_row("pairs", f"{result['pairs']:,}")
+    table.add_row("pooling", result["pooling"])
+    console.print(table)
 
 
 @app.command("fetch-model")

@@ -57,6 +57,27 @@ def as_matrix(A, name: str = "matrix") -> torch.Tensor:
     return A.detach()
 
 
+def check_sample_weight(sample_weight, n: int, device=None) -> torch.Tensor | None:
+    """``sample_weight`` as a float64 tensor (n,) of finite non-negative numbers with a positive
+    sum, or None; MessiError naming the problem otherwise."""
+    if sample_weight is None:
+        return None
+    try:
+        w = sample_weight if isinstance(sample_weight, torch.Tensor) else torch.as_tensor(np.asarray(sample_weight))
+    except (TypeError, ValueError) as e:
+        raise MessiError(f"sample_weight must be a 1-D array of numbers, got {type(sample_weight).__name__}") from e
+    if w.ndim != 1 or w.shape[0] != n:
+        raise MessiError(f"sample_weight must have shape ({n},), one weight per row, got {tuple(w.shape)}")
+    if w.is_complex() or not (w.is_floating_point() or w.dtype in (torch.int32, torch.int64, torch.int16, torch.uint8)):
+        raise MessiError(f"sample_weight must hold real numbers, got dtype {w.dtype}")
+    w = w.detach().to(torch.float64)
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+        raise MessiError("sample_weight must be finite and >= 0 (zero keeps a row out of the fit, never out of the model)")
+    if float(w.sum()) <= 0:
+        raise MessiError("sample_weight sums to 0: at least one row must have a positive weight")
+    return w.to(device) if device is not None else w
+
+
 def projection_energy(X: torch.Tensor, bases: torch.Tensor) -> torch.Tensor:
     """Energy ``|B_i a|^2`` of every row of ``X`` (n, d) kept by every basis in ``bases`` (k, j, d).
 
@@ -131,29 +152,38 @@ def row_weights(residuals: torch.Tensor, loss: str, delta: float) -> torch.Tenso
     return 1.0 / dist if loss == "l1" else (delta / dist).clamp_(max=1.0)
 
 
-def robust_cost(residuals: torch.Tensor, loss: str, delta: float) -> float:
-    """Sum over rows of the loss of the distance (``residuals`` are squared distances)."""
-    if loss == "l2":
-        return float(residuals.double().sum())
+def robust_cost(residuals: torch.Tensor, loss: str, delta: float,
+                sample_weight: torch.Tensor | None = None) -> float:
+    """Sum over rows of the (weighted) loss of the distance (``residuals`` are squared distances)."""
     dist = residuals.double().sqrt()
-    if loss == "l1":
-        return float(dist.sum())
-    return float(torch.where(dist <= delta, 0.5 * dist.square(), delta * (dist - 0.5 * delta)).sum())
+    if loss == "l2":
+        per_row = residuals.double()
+    elif loss == "l1":
+        per_row = dist
+    else:
+        per_row = torch.where(dist <= delta, 0.5 * dist.square(), delta * (dist - 0.5 * delta))
+    if sample_weight is not None:
+        per_row = per_row * sample_weight.double()
+    return float(per_row.sum())
 
 
 def _refit(X: torch.Tensor, labels: torch.Tensor, residuals: torch.Tensor, k: int, j: int,
            weights: torch.Tensor | None = None):
-    """New basis per cluster from its rows; clusters with fewer than j rows are re-seeded.
+    """New basis per cluster from its rows; clusters with fewer than j weighted rows are re-seeded.
 
-    A starved cluster takes the subspace of the rows that are worst served now (largest
-    residuals); the next assignment then lets them move to it. ``weights`` (n,) weigh the rows
-    (IRLS for robust losses). Returns (bases (k, j, d) in float64, exact squared-distance cost
-    of ``labels`` under those bases, weighted if ``weights`` are given).
+    ``weights`` (n,) weigh the rows (sample weights times IRLS weights for robust losses): the
+    basis of a cluster is the top-j eigenvectors of its weighted Gram matrix. A starved cluster
+    (fewer than j rows of positive weight) takes the subspace of the rows that are worst served
+    now (largest weighted residuals); the next assignment then lets them move to it.
+    Returns (bases (k, j, d) in float64, exact squared-distance cost of ``labels`` under those
+    bases, weighted if ``weights`` are given).
     """
     bases, cost = [], 0.0
-    counts = torch.bincount(labels, minlength=k)
+    live = labels if weights is None else labels[weights > 0]
+    counts = torch.bincount(live, minlength=k)
     worst = None
     if weights is not None:
+        residuals = residuals * weights
         X = X * weights.sqrt().to(X.dtype)[:, None]
     for i in range(k):
         gram = _gram(X[labels == i])
@@ -169,31 +199,37 @@ def _refit(X: torch.Tensor, labels: torch.Tensor, residuals: torch.Tensor, k: in
     return torch.stack(bases), cost
 
 
-def _kmeans_plus_plus(D: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+def _kmeans_plus_plus(D: torch.Tensor, k: int, gen: torch.Generator,
+                      weights: torch.Tensor | None = None) -> torch.Tensor:
     """k-means++ seeds among unit rows ``D`` (n, d): each next seed drawn with probability
-    proportional to its cosine distance to the nearest seed so far. Returns centres (k, d)."""
+    proportional to its weight times its cosine distance to the nearest seed so far (the first
+    in proportion to its weight). Returns centres (k, d)."""
     n = D.shape[0]
-    first = int(torch.randint(n, (1,), generator=gen))
+    w = torch.ones(n, dtype=torch.float64) if weights is None else weights.double().cpu()
+    first = int(torch.multinomial(w, 1, generator=gen)) if weights is not None else int(torch.randint(n, (1,), generator=gen))
     centres = [D[first]]
     dist = (1 - D @ centres[0]).clamp_(min=0)
     for _ in range(1, k):
-        idx = int(torch.multinomial(dist.double().cpu() + 1e-12, 1, generator=gen))
+        idx = int(torch.multinomial(dist.double().cpu() * w + 1e-12, 1, generator=gen))
         centres.append(D[idx])
         dist = torch.minimum(dist, (1 - D @ D[idx]).clamp_(min=0))
     return torch.stack(centres)
 
 
-def _spherical_kmeans(X: torch.Tensor, k: int, gen: torch.Generator, n_iter: int = 20) -> torch.Tensor:
+def _spherical_kmeans(X: torch.Tensor, k: int, gen: torch.Generator, n_iter: int = 20,
+                      weights: torch.Tensor | None = None) -> torch.Tensor:
     """Labels (n,) of spherical k-means on the directions of the rows of ``X`` (n, d).
 
     Subspaces through the origin are unions of directions, so rows that point the same way are
-    a cheap and, on real embeddings, good first guess of who shares a subspace.
+    a cheap and, on real embeddings, good first guess of who shares a subspace. ``weights``
+    (n,) weigh the seeding draws and the centres.
     """
     D = torch.nn.functional.normalize(X, dim=1)
-    centres = _kmeans_plus_plus(D, k, gen)
+    centres = _kmeans_plus_plus(D, k, gen, weights)
+    Dw = D if weights is None else D * weights.to(D.dtype)[:, None]
     labels = (D @ centres.T).argmax(1)
     for _ in range(n_iter):
-        sums = torch.zeros_like(centres).index_add_(0, labels, D)
+        sums = torch.zeros_like(centres).index_add_(0, labels, Dw)
         empty = sums.norm(dim=1) == 0
         sums[empty] = centres[empty]
         centres = torch.nn.functional.normalize(sums, dim=1)
@@ -204,14 +240,15 @@ def _spherical_kmeans(X: torch.Tensor, k: int, gen: torch.Generator, n_iter: int
     return labels
 
 
-def _seed(X: torch.Tensor, k: int, j: int, init: str, gen: torch.Generator) -> torch.Tensor:
+def _seed(X: torch.Tensor, k: int, j: int, init: str, gen: torch.Generator,
+          weights: torch.Tensor | None = None) -> torch.Tensor:
     """Initial labels (n,).
 
-    ``"kmeans"``: spherical k-means with k-means++ seeding on the row directions.
+    ``"kmeans"``: spherical k-means with k-means++ seeding on the row directions (weighted).
     ``"random"``: the reference code's start, a random equal split of the rows.
     """
     if init == "kmeans":
-        return _spherical_kmeans(X, k, gen)
+        return _spherical_kmeans(X, k, gen, weights=weights)
     perm = torch.randperm(X.shape[0], generator=gen).to(X.device)
     labels = torch.empty(X.shape[0], dtype=torch.long, device=X.device)
     labels[perm] = torch.arange(X.shape[0], device=X.device) % k
@@ -300,10 +337,16 @@ class ProjectiveClustering:
         if self.loss not in LOSSES:
             raise MessiError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
 
-    def fit(self, A) -> "ProjectiveClustering":
-        """Fit the subspaces to the rows of ``A`` (n, d): a torch tensor or a numpy array."""
+    def fit(self, A, sample_weight=None) -> "ProjectiveClustering":
+        """Fit the subspaces to the rows of ``A`` (n, d): a torch tensor or a numpy array.
+
+        ``sample_weight`` (n,), optional, non-negative: the fit minimises
+        ``sum_r w_r * loss(dist(a_r, S_label(r)))``. A row's weight never changes which
+        subspace is closest to it, so zero-weight rows are still assigned (and represented).
+        """
         X = as_matrix(A)
         self._check(X)
+        w = check_sample_weight(sample_weight, X.shape[0], X.device)
         k, j = self.n_clusters, self.rank
         sq_norms = X.square().sum(1)
         gen = torch.Generator().manual_seed(int(self.seed))
@@ -311,7 +354,7 @@ class ProjectiveClustering:
         with tqdm(total=self.n_init * self.max_iter, desc=f"projective clustering k={k} j={j}",
                   disable=not self.verbose, unit="step") as bar:
             for _ in range(self.n_init):
-                run = self._lloyd(X, sq_norms, _seed(X, k, j, self.init, gen), bar)
+                run = self._lloyd(X, sq_norms, _seed(X, k, j, self.init, gen, w), bar, w)
                 if best is None or run.cost < best.cost:
                     best = run
                 bar.set_postfix(best_cost=f"{best.cost:.5g}")
@@ -322,20 +365,22 @@ class ProjectiveClustering:
         self.n_iter_ = len(best.history)
         return self
 
-    def _lloyd(self, X, sq_norms, labels, bar) -> _Run:
+    def _lloyd(self, X, sq_norms, labels, bar, sample_weight=None) -> _Run:
         """One EM run from ``labels`` until the labels or the cost stop moving."""
         k, j, loss = self.n_clusters, self.rank, self.loss
         resid = sq_norms  # distances to a zero subspace: starved clusters take the longest rows
         run = _Run(None, labels)
-        stable, weights, delta = False, None, self.delta
+        stable, weights, delta = False, sample_weight, self.delta
         for step in range(self.max_iter):
             run.bases, cost = _refit(X, run.labels, resid, k, j, weights)
             bar.update(1)
             labels, resid = assign(X, run.bases, sq_norms)
             if loss != "l2":  # robust: score the new assignment, reweigh for the next refit
                 delta = float(resid.sqrt().median()) if delta is None else delta
-                cost = robust_cost(resid, loss, delta)
+                cost = robust_cost(resid, loss, delta, sample_weight)
                 weights = row_weights(resid, loss, delta)
+                if sample_weight is not None:
+                    weights = weights * sample_weight
             run.history.append(cost)
             stable = torch.equal(labels, run.labels)
             run.labels = labels
@@ -345,7 +390,7 @@ class ProjectiveClustering:
                 bar.update(self.max_iter - step - 1)
                 break
         if not stable and loss == "l2":  # make the bases optimal for the final labels
-            run.bases, cost = _refit(X, run.labels, resid, k, j)
+            run.bases, cost = _refit(X, run.labels, resid, k, j, sample_weight)
             run.history.append(cost)
         return run
 

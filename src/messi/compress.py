@@ -20,11 +20,13 @@ from torch import nn
 
 from . import __version__
 from .errors import MessiError
+from .clustering import check_sample_weight
 from .factorize import (METHODS, check_rank, check_ratio, compression, messi_factorize, parameter_count,
                         rank_for_ratio, relative_error, svd_factorize)
+from .auto import MessiConfig
 from .io import atomic_dir, write_json
 from .layers import FactorizedEmbedding, ProjectiveEmbedding, TiedOutputEmbedding, _LowRankEmbedding
-from .models import resolve_model
+from .models import copy_sentence_transformers_files, load_hf_model, resolve_model
 
 CONFIG_NAME = "messi.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -60,7 +62,8 @@ def _install(model: nn.Module, layer: _LowRankEmbedding, tied: bool) -> None:
 
 def compress(model: nn.Module, method: str = "messi", ratio: float = 0.4, k: int = 3,
              rank: int | None = None, seed: int = 0, n_init: int = 4, max_iter: int = 50,
-             tol: float = 1e-4, loss: str = "l2", verbose: bool = False) -> nn.Module:
+             tol: float = 1e-4, loss: str = "l2", verbose: bool = False, row_weights=None,
+             calibration: dict | None = None) -> nn.Module:
     """Replace ``model.get_input_embeddings()`` by an SVD or MESSI layer, in place.
 
     Parameters
@@ -72,6 +75,11 @@ def compress(model: nn.Module, method: str = "messi", ratio: float = 0.4, k: int
     rank : dimension j of the subspaces; None picks the largest j reaching ``ratio``.
     seed, n_init, max_iter, tol, loss : settings of the projective clustering (loss: "l2",
         "l1" or "huber", see ``ProjectiveClustering``).
+    row_weights : optional tensor (n,) of non-negative weights, one per embedding row (e.g.
+        ``messi.calibrate(...).weights``): the fit minimises the weighted error. Rows of weight
+        0 are still represented (projected on their closest subspace).
+    calibration : optional dict recorded in messi.json under "calibration" (where the weights
+        came from; ``Calibration.record()``).
 
     Returns the same model; ``model.messi_config`` holds what ``save`` writes to messi.json.
     A tied output projection (masked-LM heads) is switched to the factored table too.
@@ -91,19 +99,22 @@ def compress(model: nn.Module, method: str = "messi", ratio: float = 0.4, k: int
     else:
         check_rank(rank, d)
     tied = _is_tied(model, emb)
+    weights = check_sample_weight(row_weights, n)
     start = time.perf_counter()
     if method == "svd":
-        layer = FactorizedEmbedding.from_factors(svd_factorize(A, rank), emb.padding_idx,
+        layer = FactorizedEmbedding.from_factors(svd_factorize(A, rank, weights), emb.padding_idx,
                                                  _padding_row(A, emb.padding_idx))
     else:
         factors = messi_factorize(A, k, rank, seed=seed, n_init=n_init, max_iter=max_iter,
-                                  tol=tol, loss=loss, verbose=verbose)
+                                  tol=tol, loss=loss, verbose=verbose, sample_weight=weights)
         layer = ProjectiveEmbedding.from_factors(factors, emb.padding_idx,
                                                  _padding_row(A, emb.padding_idx))
     seconds = time.perf_counter() - start
     layer = layer.to(device=A.device, dtype=A.dtype)
     with torch.no_grad():
-        rel = relative_error(A, layer.weight)
+        approx = layer.weight
+        rel = relative_error(A, approx)
+        weighted_rel = None if weights is None else relative_error(A, approx, weights)
     _install(model, layer, tied)
     model.messi_config = {
         "method": method, "k": k, "rank": rank, "ratio": ratio,
@@ -117,6 +128,11 @@ def compress(model: nn.Module, method: str = "messi", ratio: float = 0.4, k: int
         "rel_error": rel, "tied_output": tied, "fit_seconds": seconds,
         "model_class": type(model).__name__, "messi_version": __version__,
     }
+    if weights is not None:
+        model.messi_config["weighted_rel_error"] = weighted_rel
+        model.messi_config["calibration"] = calibration or {"sources": ["row_weights given to compress()"]}
+    if hasattr(model, "messi_load_report"):  # which class was loaded from the source, and why
+        model.messi_config["source_load"] = model.messi_load_report
     return model
 
 
@@ -150,20 +166,27 @@ def _load_weights(model: nn.Module, file: Path) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def save(model: nn.Module, path: str | os.PathLike, tokenizer=None, extra: dict | None = None) -> Path:
+def save(model: nn.Module, path: str | os.PathLike, tokenizer=None, extra: dict | None = None,
+         source: str | os.PathLike | None = None) -> Path:
     """Write a compressed ``model`` to the folder ``path``, atomically.
 
-    The folder gets config.json, model.safetensors, messi.json and, if given, the tokenizer's
-    files. ``extra`` adds keys to messi.json (e.g. where the model came from). An existing
-    folder is replaced only once the new one is complete.
+    The folder gets config.json (a ``MessiConfig`` holding the model's own config, so that
+    ``transformers.AutoModel.from_pretrained(path)`` works once messi is imported),
+    model.safetensors, messi.json and, if given, the tokenizer's files. If ``source`` is a
+    sentence-transformers folder, its pooling and normalisation settings (modules.json and the
+    module folders) are kept, so that ``SentenceTransformer(path)`` encodes as the original did.
+    ``extra`` adds keys to messi.json (e.g. where the model came from). An existing folder is
+    replaced only once the new one is complete.
     """
     info = getattr(model, "messi_config", None)
     if info is None:
         raise MessiError("this model was not compressed with messi.compress; nothing to save")
     path = Path(path)
     with atomic_dir(path) as tmp:
-        model.config.save_pretrained(tmp)
+        MessiConfig(base_config=model.config.to_dict()).save_pretrained(tmp)
         _save_weights(model, tmp / WEIGHTS_NAME)
+        if source is not None:
+            copy_sentence_transformers_files(Path(source), tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         write_json(tmp / CONFIG_NAME, {**info, **(extra or {})})
@@ -206,7 +229,9 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None) -> n
     if not weights.is_file():
         raise MessiError(f"{path} has no {WEIGHTS_NAME}; the folder is incomplete, re-run `messi compress`")
     try:
-        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        if isinstance(config, MessiConfig):
+            config = config.to_base()
     except (OSError, ValueError) as e:
         raise MessiError(f"{path}/config.json is missing or corrupt ({e}); re-run `messi compress`") from e
     model = _model_class(info["model_class"])(config)
@@ -236,28 +261,19 @@ def is_messi_folder(path) -> bool:
 def load_pretrained(name_or_path: str | os.PathLike | None = None) -> nn.Module:
     """Load an original or compressed model by built-in name or folder, in eval mode.
 
-    A folder with messi.json goes through ``load``; any other Hugging Face folder loads with
-    the class its config names (``architectures``), falling back to ``AutoModel``.
+    A folder with messi.json goes through ``load``; any other Hugging Face folder through
+    ``models.load_hf_model``: the class whose weights are all in the checkpoint (the bare
+    encoder for sentence-transformers folders), never one with newly initialised weights.
     """
     if is_messi_folder(name_or_path):
         return load(name_or_path)
-    path = resolve_model(name_or_path)
-    config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
-    archs = getattr(config, "architectures", None) or []
-    cls = getattr(transformers, archs[0], None) if archs else None
-    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
-        cls = transformers.AutoModel
-    try:
-        model = cls.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise MessiError(f"could not load the model in {path} ({e}); check the folder's weights") from e
-    return model.eval()
+    return load_hf_model(resolve_model(name_or_path))
 
 
 def load_tokenizer(name_or_path: str | os.PathLike | None = None):
     """The tokenizer stored with a model (built-in name or folder), or None if it has none."""
     path = Path(name_or_path) if name_or_path is not None and Path(name_or_path).is_dir() else resolve_model(name_or_path)
     try:
-        return transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+        return transformers.AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError):
         return None

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .clustering import ProjectiveClustering, as_matrix, coordinates
+from .clustering import ProjectiveClustering, as_matrix, check_sample_weight, coordinates
 from .errors import MessiError
 
 METHODS = ("svd", "messi")
@@ -77,30 +77,44 @@ def rank_for_ratio(n: int, d: int, k: int, ratio: float) -> int:
     return j
 
 
-def svd_factorize(A, rank: int) -> Factors:
-    """Truncated SVD of ``A`` (n, d): coords = U_j S_j (n, j), bases = V_j^T (1, j, d)."""
+def svd_factorize(A, rank: int, sample_weight=None) -> Factors:
+    """Truncated SVD of ``A`` (n, d): bases = V_j^T (1, j, d), coords = A V_j (n, j).
+
+    With ``sample_weight`` (n,) the subspace minimises sum_r w_r |a_r - P a_r|^2 exactly: the
+    top-j right singular vectors of diag(sqrt(w)) A; every row, zero-weight ones included, is
+    projected on it.
+    """
     X = as_matrix(A)
     check_rank(rank, X.shape[1])
-    U, S, Vh = torch.linalg.svd(X, full_matrices=False)
+    w = check_sample_weight(sample_weight, X.shape[0], X.device)
+    scaled = X if w is None else X * w.sqrt().to(X.dtype)[:, None]
+    _, _, Vh = torch.linalg.svd(scaled, full_matrices=False)
+    basis = Vh[:rank].contiguous()
     labels = torch.zeros(X.shape[0], dtype=torch.long, device=X.device)
-    return Factors(U[:, :rank] * S[:rank], Vh[None, :rank].contiguous(), labels)
+    return Factors(X @ basis.T, basis[None], labels)
 
 
 def messi_factorize(A, k: int, rank: int, seed: int = 0, n_init: int = 4, max_iter: int = 50,
-                    tol: float = 1e-4, loss: str = "l2", verbose: bool = False) -> Factors:
-    """MESSI: (k, j)-projective clustering of the rows of ``A`` (n, d), then every row's
-    coordinates (n, j) in its cluster's basis (k, j, d)."""
+                    tol: float = 1e-4, loss: str = "l2", verbose: bool = False,
+                    sample_weight=None) -> Factors:
+    """MESSI: (k, j)-projective clustering of the rows of ``A`` (n, d), weighted by
+    ``sample_weight`` (n,) if given, then every row's coordinates (n, j) in its cluster's
+    basis (k, j, d)."""
     X = as_matrix(A)
     check_rank(rank, X.shape[1])
     pc = ProjectiveClustering(n_clusters=k, rank=rank, n_init=n_init, max_iter=max_iter, tol=tol,
-                              seed=seed, loss=loss, verbose=verbose).fit(X)
+                              seed=seed, loss=loss, verbose=verbose).fit(X, sample_weight=sample_weight)
     return Factors(coordinates(X, pc.bases_, pc.labels_), pc.bases_, pc.labels_)
 
 
-def relative_error(A: torch.Tensor, approx: torch.Tensor) -> float:
-    """|A - approx|^2 / |A|^2, in float64."""
+def relative_error(A: torch.Tensor, approx: torch.Tensor, sample_weight=None) -> float:
+    """|A - approx|^2 / |A|^2 in float64; with ``sample_weight`` (n,) both sums weigh the rows."""
     A64 = A.detach().double()
-    return float((A64 - approx.detach().double()).square().sum() / A64.square().sum())
+    err, ref = (A64 - approx.detach().double()).square().sum(1), A64.square().sum(1)
+    if sample_weight is not None:
+        w = sample_weight.detach().double().to(err.device)
+        err, ref = err * w, ref * w
+    return float(err.sum() / ref.sum())
 
 
 def check_rank(rank, d: int) -> None:

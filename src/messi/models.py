@@ -103,3 +103,120 @@ def resolve_model(name_or_path: str | os.PathLike | None) -> Path:
     if not (path / "config.json").is_file():
         raise MessiError(f"{path} has no config.json; point --model at a Hugging Face model folder")
     return path
+
+
+def is_sentence_transformers_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a sentence-transformers model folder (it has modules.json)."""
+    return (Path(path) / "modules.json").is_file()
+
+
+def _from_pretrained(cls, path: Path, **kwargs):
+    """``cls.from_pretrained`` offline and without remote code; returns (model, loading info)."""
+    import transformers
+
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # we report missing/unexpected weights ourselves
+    try:
+        return cls.from_pretrained(path, local_files_only=True, trust_remote_code=False,
+                                   output_loading_info=True, **kwargs)
+    except (OSError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise MessiError(f"could not load the model in {path} ({first}); "
+                         "check that the folder has config.json and safetensors weights") from e
+    finally:
+        transformers.logging.set_verbosity(level)
+
+
+def _new_weights(info: dict, allowed_prefixes: tuple[str, ...] = ()) -> list[str]:
+    """Names the checkpoint did not provide (newly initialised), outside ``allowed_prefixes``."""
+    missing = list(info.get("missing_keys") or []) + [m[0] if isinstance(m, tuple) else m
+                                                      for m in info.get("mismatched_keys") or []]
+    return [m for m in missing if not m.startswith(allowed_prefixes)]
+
+
+def _summary(names) -> str:
+    names = sorted(names)
+    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+
+def load_hf_model(path: str | os.PathLike):
+    """Load the model whose weights really are in the Hugging Face folder ``path``, in eval mode.
+
+    Which class: for a sentence-transformers folder (modules.json) the bare encoder
+    (``AutoModel``), as sentence-transformers itself does; otherwise the class that
+    ``config.json``'s ``architectures`` names, but only if the checkpoint provides every one of
+    its weights, else the bare encoder. Never invents weights: if even the bare encoder would
+    get newly initialised weights, MessiError. Weights of the checkpoint that the chosen class
+    does not use (a pooler, an LM head) are listed on ``model.messi_load_report``.
+
+    Returns the model; ``model.messi_load_report`` says which class was chosen and why.
+    """
+    import transformers
+
+    path = Path(path)
+    try:
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise MessiError(f"{path}/config.json is missing or invalid ({str(e).splitlines()[0][:200]}); "
+                         "point --model at a Hugging Face model folder") from e
+    archs = list(getattr(config, "architectures", None) or [])
+    named = getattr(transformers, archs[0], None) if archs else None
+    if not (isinstance(named, type) and issubclass(named, transformers.PreTrainedModel)):
+        named = None
+    reason = "sentence-transformers folder: the bare encoder, as sentence-transformers loads it"
+    model = None
+    if named is not None and not is_sentence_transformers_folder(path):
+        model, info = _from_pretrained(named, path, config=config)
+        new = _new_weights(info)
+        if new:
+            reason = (f"{named.__name__} (config.json's architectures) would initialise "
+                      f"{_summary(new)} at random: loaded the bare encoder instead")
+            model = None
+        else:
+            reason = f"{named.__name__}, as config.json's architectures names, all weights present"
+    if model is None:
+        model, info = _from_pretrained(transformers.AutoModel, path, config=config)
+        new = _new_weights(info)
+        if new:
+            raise MessiError(f"the checkpoint in {path} lacks weights of {type(model).__name__} "
+                             f"({_summary(new)}); they would be random. Give a complete model folder")
+    model.messi_load_report = {"class": type(model).__name__, "reason": reason,
+                               "unused_checkpoint_weights": sorted(info.get("unexpected_keys") or [])}
+    return model.eval()
+
+
+#: sentence-transformers files that describe pooling and normalisation (not the encoder).
+SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+
+
+def copy_sentence_transformers_files(source: Path, target: Path) -> bool:
+    """Copy a sentence-transformers folder's module list and module settings (pooling,
+    normalisation, ...) from ``source`` to ``target``; the encoder (module path "") is the
+    folder itself. Returns whether ``source`` was a sentence-transformers folder.
+
+    Only module classes of sentence-transformers itself are accepted, so that loading the
+    target never needs ``trust_remote_code``.
+    """
+    import json
+    import shutil
+
+    if not is_sentence_transformers_folder(source):
+        return False
+    try:
+        modules = json.loads((source / "modules.json").read_text(encoding="utf-8"))
+        entries = [(str(m["path"]), str(m["type"])) for m in modules]
+    except (ValueError, KeyError, TypeError) as e:
+        raise MessiError(f"{source}/modules.json is not a valid sentence-transformers module list ({e})") from e
+    for sub, kind in entries:
+        if not kind.startswith("sentence_transformers."):
+            raise MessiError(f"{source}/modules.json names the module class {kind!r}, which is not part of "
+                             "sentence-transformers; messi does not copy custom code")
+        if kind.endswith(".Transformer") and sub:
+            raise MessiError(f"{source}/modules.json keeps the encoder in {sub!r}; point --model at that folder")
+        folder = source / sub
+        if sub and folder.is_dir() and folder.resolve().is_relative_to(source.resolve()):
+            shutil.copytree(folder, target / sub, dirs_exist_ok=True)
+    for name in SENTENCE_TRANSFORMERS_FILES:
+        if (source / name).is_file():
+            shutil.copy2(source / name, target / name)
+    return True

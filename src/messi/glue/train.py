@@ -18,7 +18,7 @@ from torch import nn
 
 from ..compress import _install, is_messi_folder, load, load_tokenizer
 from ..errors import MessiError
-from ..models import resolve_model
+from ..models import _from_pretrained, _new_weights, _summary, resolve_model
 from .data import Example, Task
 from .metrics import compute_metrics
 
@@ -82,14 +82,23 @@ def load_classifier(model_ref, task: Task) -> nn.Module:
     if is_messi_folder(model_ref):
         return as_classifier(load(model_ref), task)
     path = resolve_model(model_ref)
-    config = _configure(transformers.AutoConfig.from_pretrained(path, local_files_only=True), task)
-    level = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()  # the new head's "newly initialized" notice
-    try:
-        return transformers.AutoModelForSequenceClassification.from_pretrained(
-            path, config=config, local_files_only=True, ignore_mismatched_sizes=True)
-    finally:
-        transformers.logging.set_verbosity(level)
+    config = _configure(transformers.AutoConfig.from_pretrained(path, local_files_only=True,
+                                                                trust_remote_code=False), task)
+    model, info = _from_pretrained(transformers.AutoModelForSequenceClassification, path, config=config,
+                                   ignore_mismatched_sizes=True)
+    # a new classification head is the point of fine-tuning; any other new weight is not
+    new = _new_weights(info, allowed_prefixes=HEAD_PREFIXES)
+    if new:
+        raise MessiError(f"the checkpoint in {path} lacks encoder weights ({_summary(new)}); "
+                         "they would be random. Give a complete model folder")
+    model.messi_load_report = {"class": type(model).__name__,
+                               "new_head_weights": sorted(_new_weights(info))}
+    return model
+
+
+#: Weight names a new sequence-classification head may initialise (BERT, DistilBERT, RoBERTa,
+#: MPNet heads and BERT's pooler, which sentence-transformers checkpoints may lack).
+HEAD_PREFIXES = ("classifier.", "pre_classifier.", "score.", "bert.pooler.", "pooler.")
 
 
 class _Encoded(torch.utils.data.Dataset):

@@ -1,0 +1,179 @@
+"""How much each embedding row matters: token counts of calibration text, turned into row weights.
+
+A task's text touches about two thirds of a 30k vocabulary and a few thousand tokens carry
+almost all of it. Weighting the rows of the embedding by how often the data uses them tells the
+factorisation where its error hurts. The math (``ProjectiveClustering.fit(sample_weight=...)``)
+only sees the weights; this module turns text into them.
+
+Sources (``read_texts``):
+- ``glue:TASK``: the train split's texts of a GLUE task (both sentences of a pair);
+- a ``.txt`` file: one text per line;
+- a ``.jsonl`` file: one JSON object per line, text in ``text_column`` (default "text");
+- a ``.csv`` / ``.tsv`` file with a header row, text in ``text_column``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import MessiError
+
+#: The default weighting rule, (count + alpha) ** power, chosen by benchmarks/sts_curve.py on
+#: the STS-B *train* pairs (see docs/benchmarks.md); the dev pairs we report were not used.
+DEFAULT_ALPHA = 1.0
+DEFAULT_POWER = 0.5
+
+
+def token_counts(tokenizer, texts, num_embeddings: int | None = None, batch_size: int = 1024) -> torch.Tensor:
+    """How often every token id occurs when ``tokenizer`` encodes ``texts`` as the model sees them
+    (special tokens included, no truncation).
+
+    Returns an int64 tensor (n,), n = ``num_embeddings`` (default: the tokenizer's length).
+    """
+    texts = list(texts)
+    n = int(num_embeddings if num_embeddings is not None else len(tokenizer))
+    counts = torch.zeros(n, dtype=torch.int64)
+    for start in range(0, len(texts), batch_size):
+        ids = tokenizer(texts[start:start + batch_size], add_special_tokens=True)["input_ids"]
+        flat = torch.tensor([t for row in ids for t in row], dtype=torch.int64)
+        if flat.numel() and int(flat.max()) >= n:
+            raise MessiError(f"the tokenizer produced id {int(flat.max())} but the embedding has {n} rows; "
+                             "use the tokenizer saved with this model")
+        counts += torch.bincount(flat, minlength=n)
+    return counts
+
+
+def check_weighting(alpha: float, power: float) -> None:
+    """MessiError unless alpha is finite and > 0 and power is in [0, 4]."""
+    if not (isinstance(alpha, (int, float, np.number)) and np.isfinite(alpha) and alpha > 0):
+        raise MessiError(f"the weighting's alpha (--weight-alpha) must be a finite number > 0, got {alpha!r}")
+    if not (isinstance(power, (int, float, np.number)) and np.isfinite(power) and 0 <= power <= 4):
+        raise MessiError(f"the weighting's power (--weight-power) must be in [0, 4], got {power!r}")
+
+
+def weights_from_counts(counts: torch.Tensor, alpha: float = DEFAULT_ALPHA, power: float = DEFAULT_POWER) -> torch.Tensor:
+    """Row weights (n,) float64 = (count + alpha) ** power, scaled to mean 1.
+
+    ``alpha`` > 0 keeps every row in the fit (a token unseen today is typed tomorrow);
+    ``power`` sets how far frequency counts (0: all rows equal; 1: proportional to use).
+    """
+    check_weighting(alpha, power)
+    w = (counts.double() + alpha) ** power
+    return w / w.mean()
+
+
+def _read_glue(task_name: str, data_dir) -> list[str]:
+    from .glue.data import get_task, read_split
+
+    task = get_task(task_name)
+    texts = []
+    for ex in read_split(task, "train", data_dir):
+        texts.append(ex.text_a)
+        if ex.text_b is not None:
+            texts.append(ex.text_b)
+    return texts
+
+
+def _read_table(path: Path, column: str) -> list[str]:
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        if reader.fieldnames is None or column not in reader.fieldnames:
+            raise MessiError(f"{path} has no column {column!r} (columns: {', '.join(reader.fieldnames or [])}); "
+                             "pass --text-column with one of them")
+        return [row[column] for row in reader if row.get(column)]
+
+
+def _read_jsonl(path: Path, column: str) -> list[str]:
+    texts = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise MessiError(f"{path}:{line_no}: not valid JSON ({e.msg}); one JSON object per line") from e
+            if not isinstance(obj, dict) or column not in obj:
+                raise MessiError(f"{path}:{line_no}: no {column!r} field; pass --text-column with the text's key")
+            if not isinstance(obj[column], str):
+                raise MessiError(f"{path}:{line_no}: field {column!r} is not a string")
+            texts.append(obj[column])
+    return texts
+
+
+def read_texts(source: str, data_dir=None, text_column: str = "text") -> list[str]:
+    """The texts of one calibration source (see the module docstring); MessiError if it is
+    missing, unreadable or empty."""
+    if source.startswith("glue:"):
+        texts = _read_glue(source[len("glue:"):], data_dir)
+    else:
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise MessiError(f"calibration file {path} does not exist; give a text/.jsonl/.csv file or glue:TASK")
+        suffix = path.suffix.lower()
+        try:
+            if suffix == ".jsonl":
+                texts = _read_jsonl(path, text_column)
+            elif suffix in (".csv", ".tsv"):
+                texts = _read_table(path, text_column)
+            else:
+                texts = [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines()]
+        except UnicodeDecodeError as e:
+            raise MessiError(f"{path} is not UTF-8 text (byte {e.start}); convert it to UTF-8") from e
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise MessiError(f"calibration source {source} has no text; give a file with one text per line or glue:TASK")
+    return texts
+
+
+@dataclass
+class Calibration:
+    """Token counts of calibration text and the weighting applied to them.
+
+    ``counts`` (n,) int64; ``weights`` (n,) float64 with mean 1. ``record()`` is what messi.json
+    keeps: sources, texts, tokens, distinct tokens, a sha256 of the counts, the weighting.
+    """
+
+    sources: list[str]
+    counts: torch.Tensor
+    n_texts: int
+    alpha: float = DEFAULT_ALPHA
+    power: float = DEFAULT_POWER
+    weights: torch.Tensor = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.weights = weights_from_counts(self.counts, self.alpha, self.power)
+
+    @property
+    def counts_sha256(self) -> str:
+        """sha256 of the counts as little-endian int64: the same text gives the same digest."""
+        return hashlib.sha256(self.counts.numpy().astype("<i8").tobytes()).hexdigest()
+
+    def record(self) -> dict:
+        """JSON-ready summary for messi.json."""
+        return {"sources": list(self.sources), "texts": self.n_texts, "tokens": int(self.counts.sum()),
+                "distinct_tokens": int((self.counts > 0).sum()), "counts_sha256": self.counts_sha256,
+                "weighting": {"rule": "(count + alpha) ** power", "alpha": self.alpha, "power": self.power}}
+
+
+def calibrate(tokenizer, sources: list[str], num_embeddings: int, data_dir=None, text_column: str = "text",
+              alpha: float = DEFAULT_ALPHA, power: float = DEFAULT_POWER) -> Calibration:
+    """Read every source, count the tokens of all texts together, weigh the rows."""
+    if not sources:
+        raise MessiError("no calibration source given; pass --calibration FILE or glue:TASK")
+    check_weighting(alpha, power)  # before reading anything
+    texts = [t for source in sources for t in read_texts(source, data_dir, text_column)]
+    counts = token_counts(tokenizer, texts, num_embeddings)
+    return Calibration(list(sources), counts, len(texts), alpha, power)
+
+
