@@ -94,3 +94,44 @@ def test_help_everywhere():
     for cmd in ([], ["compress"], ["info"]):
         result = run(*cmd, "--help")
         assert result.returncode == 0 and "Usage" in result.stdout
+
+
+def test_calibrated_compress_then_eval_sts(tmp_path):
+    out = tmp_path / "cal"
+    result = run("compress", "--method", "messi", "--k", "3", "--ratio", "0.6", "--n-init", "1",
+                 "--max-iter", "5", "--calibration", "glue:rte", "--calibration", "glue:wnli", out)
+    assert result.returncode == 0, result.stderr
+    info = json.loads((out / "messi.json").read_text())
+    cal = info["calibration"]
+    assert cal["sources"] == ["glue:rte", "glue:wnli"]
+    assert cal["texts"] == 2 * 2490 + 2 * 635
+    assert cal["weighting"]["alpha"] == 1.0 and cal["weighting"]["power"] == 0.5
+    assert 0 < info["weighted_rel_error"] < info["rel_error"]
+    assert (out / "modules.json").is_file()
+    scored = run("eval-sts", out, "--json")
+    assert scored.returncode == 0, scored.stderr
+    data = json.loads(scored.stdout)
+    assert data["pairs"] == 1500 and 80 < data["spearman"] < 90
+
+
+@pytest.mark.parametrize("source, extra, words", [
+    ("EMPTY", [], ["has no text"]),
+    ("missing.txt", [], ["does not exist"]),
+    ("glue:nope", [], ["unknown GLUE task"]),
+    ("TABLE", ["--text-column", "body"], ["no column 'body'"]),
+])
+def test_bad_calibration_is_one_line(tmp_path, source, extra, words):
+    if source == "EMPTY":
+        source = tmp_path / "empty.txt"
+        source.write_text("\n\n")
+    elif source == "TABLE":
+        source = tmp_path / "t.csv"
+        source.write_text("id,text\n1,a\n")
+    result = run("compress", "--calibration", source, *extra, tmp_path / "out")
+    assert_one_line_error(result, *words)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_weighting_fails_before_loading(tmp_path):
+    assert_one_line_error(run("compress", "--calibration", "glue:rte", "--weight-alpha", "0", tmp_path / "o"),
+                          "--weight-alpha")

@@ -167,3 +167,115 @@ def test_unknown_loss_is_refused():
     X, _ = planted()
     with pytest.raises(MessiError, match="loss"):
         ProjectiveClustering(2, 2, loss="cauchy").fit(X)
+
+
+# --- sample_weight ---------------------------------------------------------------------------
+
+def projector(bases, i):
+    B = bases[i].double()
+    return B.T @ B
+
+
+def weighted_cost(X, bases, labels, w):
+    """Sum of w_r * squared distance, the slow obvious way."""
+    X, bases = X.double(), bases.double()
+    resid = torch.empty(X.shape[0], dtype=torch.float64)
+    for i in range(bases.shape[0]):
+        rows = labels == i
+        resid[rows] = (X[rows] - X[rows] @ bases[i].T @ bases[i]).square().sum(1)
+    return float((resid * w.double()).sum())
+
+
+def test_zero_one_weights_equal_fitting_the_subset():
+    X, _ = planted(n_per=80, noise=1e-2, seed=4)
+    noise = torch.randn(60, X.shape[1], dtype=X.dtype, generator=torch.Generator().manual_seed(5)) * 3
+    Xall = torch.cat([X, noise])  # loud rows that would pull the subspaces if they counted
+    w = torch.cat([torch.ones(len(X)), torch.zeros(len(noise))])
+    # enough restarts that both reach the planted optimum (EM alone may stop in a local one)
+    # (random splits: on planted subspaces about 40% of runs reach the optimum, 20 runs suffice)
+    weighted = ProjectiveClustering(n_clusters=3, rank=2, n_init=20, init="random", seed=0).fit(Xall, sample_weight=w)
+    subset = ProjectiveClustering(n_clusters=3, rank=2, n_init=20, init="random", seed=0).fit(X)
+    assert subset.cost_ < 1e-3 * float(X.square().sum())
+    assert weighted.cost_ == pytest.approx(subset.cost_, rel=1e-6)
+    # the same subspaces, up to their order
+    for i in range(3):
+        dists = [float((projector(weighted.bases_, i) - projector(subset.bases_, m)).norm()) for m in range(3)]
+        assert min(dists) < 1e-6
+    # zero-weight rows are still assigned, to their closest subspace, and not dropped
+    assert weighted.labels_.shape == (len(Xall),)
+    assert torch.equal(weighted.labels_[len(X):], weighted.predict(noise))
+
+
+def test_refit_with_weights_equals_refit_of_the_kept_rows():
+    from messi.clustering import _refit
+
+    X = torch.randn(200, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    labels = torch.arange(200) % 3
+    w = (torch.arange(200) % 4 != 0).double()
+    resid = X.square().sum(1)
+    b1, c1 = _refit(X, labels, resid, 3, 4, w)
+    keep = w > 0
+    b2, c2 = _refit(X[keep], labels[keep], resid[keep], 3, 4)
+    assert c1 == pytest.approx(c2, rel=1e-10)
+    for i in range(3):
+        assert torch.allclose(projector(b1, i), projector(b2, i), atol=1e-9)
+
+
+def test_integer_weights_equal_repeated_rows():
+    from messi.clustering import _refit
+
+    X = torch.randn(150, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    w = torch.randint(1, 5, (150,), generator=torch.Generator().manual_seed(8))
+    labels = torch.arange(150) % 2
+    b1, c1 = _refit(X, labels, X.square().sum(1), 2, 3, w.double())
+    Xr, lr = X.repeat_interleave(w, 0), labels.repeat_interleave(w)
+    b2, c2 = _refit(Xr, lr, Xr.square().sum(1), 2, 3)
+    assert c1 == pytest.approx(c2, rel=1e-10)
+    for i in range(2):
+        assert torch.allclose(projector(b1, i), projector(b2, i), atol=1e-9)
+    # and a whole fit: the weighted cost equals the cost of the repeated rows under the same model
+    pc = ProjectiveClustering(n_clusters=2, rank=3, seed=1).fit(X, sample_weight=w)
+    rep = weighted_cost(Xr, pc.bases_, pc.predict(Xr), torch.ones(len(Xr)))
+    assert pc.cost_ == pytest.approx(rep, rel=1e-9)
+
+
+@given(st.integers(0, 10_000), st.integers(1, 4), st.sampled_from(["kmeans", "random"]))
+def test_weighted_cost_never_rises_and_matches_labels(seed, k, init):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(120, 9, dtype=torch.float64, generator=g)
+    w = torch.rand(120, generator=g, dtype=torch.float64) ** 3 * 10
+    w[torch.rand(120, generator=g) < 0.2] = 0
+    pc = ProjectiveClustering(n_clusters=k, rank=3, n_init=1, max_iter=25, tol=0, init=init, seed=seed).fit(X, w)
+    h = np.array(pc.cost_history_)
+    assert np.all(np.diff(h) <= 1e-9 * h[0] + 1e-12)
+    assert pc.cost_ == pytest.approx(weighted_cost(X, pc.bases_, pc.labels_, w), rel=1e-8, abs=1e-10)
+
+
+def test_heavy_rows_are_fitted_first(minilm_embedding):
+    """Weighting a block of real rows 100x makes their error fall, at the others' expense."""
+    A = minilm_embedding[:3000]
+    w = torch.ones(3000)
+    w[:300] = 100.0
+    plain = ProjectiveClustering(n_clusters=3, rank=40, n_init=1, seed=0).fit(A)
+    heavy = ProjectiveClustering(n_clusters=3, rank=40, n_init=1, seed=0).fit(A, sample_weight=w)
+    ones = torch.ones(300)
+    err_plain = weighted_cost(A[:300], plain.bases_, plain.predict(A[:300]), ones)
+    err_heavy = weighted_cost(A[:300], heavy.bases_, heavy.predict(A[:300]), ones)
+    assert err_heavy < 0.8 * err_plain
+
+
+@pytest.mark.parametrize("bad, match", [
+    (torch.ones(5), "shape"), (-torch.ones(40), ">= 0"), (torch.full((40,), float("nan")), "finite"),
+    (torch.zeros(40), "sums to 0"), (torch.ones(40, dtype=torch.complex64), "real"), (["a"] * 40, "numbers|real"),
+])
+def test_bad_sample_weight_is_one_clear_error(bad, match):
+    X = torch.randn(40, 6)
+    with pytest.raises(MessiError, match=match):
+        ProjectiveClustering(n_clusters=2, rank=2).fit(X, sample_weight=bad)
+
+
+def test_numpy_weights_are_accepted():
+    X = np.random.default_rng(0).normal(size=(60, 6))
+    pc = ProjectiveClustering(n_clusters=2, rank=2, n_init=1).fit(X, sample_weight=np.ones(60))
+    ref = ProjectiveClustering(n_clusters=2, rank=2, n_init=1).fit(X)
+    assert pc.cost_ == pytest.approx(ref.cost_, rel=1e-9)

@@ -49,3 +49,37 @@ def test_factors_reconstruct_and_errors():
     assert ms.coords.shape == (200, 4) and ms.bases.shape == (3, 4, 16)
     with pytest.raises(MessiError, match="rank"):
         svd_factorize(X, 16)
+
+
+def test_weighted_svd_is_the_exact_weighted_optimum():
+    g = torch.Generator().manual_seed(3)
+    A = torch.randn(400, 12, dtype=torch.float64, generator=g) @ torch.randn(12, 12, dtype=torch.float64, generator=g)
+    w = torch.rand(400, generator=g, dtype=torch.float64) ** 4 * 50
+    f = svd_factorize(A, 4, sample_weight=w)
+    # direct solution: top-4 eigenvectors of A^T W A
+    vals, vecs = torch.linalg.eigh(A.T @ (w[:, None] * A))
+    P_direct = vecs[:, -4:] @ vecs[:, -4:].T
+    V = f.bases[0]
+    assert torch.allclose(V.T @ V, P_direct, atol=1e-9)
+    assert torch.allclose(f.coords, A @ V.T, atol=1e-10)  # every row projected on it
+    weighted_err = lambda B: float((w * (A - A @ B.T @ B).square().sum(1)).sum())
+    plain = svd_factorize(A, 4).bases[0]
+    assert weighted_err(V) < weighted_err(plain)
+    assert weighted_err(V) == pytest.approx(float(vals[:-4].sum()), rel=1e-9)
+
+
+def test_weighted_svd_keeps_zero_weight_rows():
+    A = torch.randn(50, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    w = torch.ones(50, dtype=torch.float64)
+    w[:10] = 0
+    f = svd_factorize(A, 3, sample_weight=w)
+    assert f.coords.shape == (50, 3)
+    V = f.bases[0]
+    assert torch.allclose(f.reconstruct()[:10], A[:10] @ V.T @ V, atol=1e-12)
+
+
+def test_relative_error_weighs_rows():
+    A = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    approx = torch.tensor([[0.0, 0.0], [0.0, 2.0]])
+    assert relative_error(A, approx) == pytest.approx(1 / 5)
+    assert relative_error(A, approx, torch.tensor([3.0, 1.0])) == pytest.approx(3 / (3 + 4))

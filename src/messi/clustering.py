@@ -350,11 +350,13 @@ class ProjectiveClustering:
         k, j = self.n_clusters, self.rank
         sq_norms = X.square().sum(1)
         gen = torch.Generator().manual_seed(int(self.seed))
+        # equal weights seed exactly like no weights: the same seed gives the same start
+        seed_w = None if w is None or bool((w == w[0]).all()) else w
         best: _Run | None = None
         with tqdm(total=self.n_init * self.max_iter, desc=f"projective clustering k={k} j={j}",
                   disable=not self.verbose, unit="step") as bar:
             for _ in range(self.n_init):
-                run = self._lloyd(X, sq_norms, _seed(X, k, j, self.init, gen, w), bar, w)
+                run = self._lloyd(X, sq_norms, _seed(X, k, j, self.init, gen, seed_w), bar, w)
                 if best is None or run.cost < best.cost:
                     best = run
                 bar.set_postfix(best_cost=f"{best.cost:.5g}")

@@ -1,0 +1,102 @@
+"""Calibration: real text -> token counts -> row weights; bad sources give one clear error."""
+
+import hashlib
+
+import pytest
+import torch
+
+import messi
+from messi import MessiError
+from messi.calibration import Calibration, calibrate, read_texts, token_counts, weights_from_counts
+
+
+@pytest.fixture(scope="module")
+def tokenizer(minilm_dir):
+    return messi.load_tokenizer(minilm_dir)
+
+
+def test_token_counts_on_real_text(tokenizer):
+    texts = read_texts("glue:rte")[:50]
+    counts = token_counts(tokenizer, texts)
+    assert counts.shape == (30522,) and counts.dtype == torch.int64
+    # an independent count: tokenise text by text and tally in Python
+    expected = {}
+    for t in texts:
+        for i in tokenizer(t)["input_ids"]:
+            expected[i] = expected.get(i, 0) + 1
+    assert int(counts.sum()) == sum(expected.values())
+    for i, c in expected.items():
+        assert int(counts[i]) == c
+    assert int(counts[tokenizer.cls_token_id]) == 50  # one [CLS] per text
+    assert int((counts > 0).sum()) == len(expected)
+
+
+def test_glue_source_reads_both_sentences_of_a_pair():
+    texts = read_texts("glue:mrpc")
+    assert len(texts) == 2 * 3668
+    # first data row of MRPC/train.tsv, columns 3 and 4, read by hand
+    assert texts[0].startswith("Amrozi accused his brother")
+    assert texts[1].startswith("Referring to him as only")
+
+
+def test_weights_rule():
+    counts = torch.tensor([0, 3, 8, 0])
+    w = weights_from_counts(counts, alpha=1.0, power=0.5)
+    raw = torch.tensor([1.0, 2.0, 3.0, 1.0], dtype=torch.float64)
+    assert torch.allclose(w, raw / raw.mean())
+    assert torch.allclose(weights_from_counts(counts, power=0.0), torch.ones(4, dtype=torch.float64))
+    assert float(w.min()) > 0  # unseen tokens keep a weight
+
+
+def test_calibration_record(tokenizer, tmp_path):
+    f = tmp_path / "texts.txt"
+    f.write_text("the cat sat\n\nthe dog ran\n")
+    cal = calibrate(tokenizer, [str(f)], 30522, alpha=2.0, power=0.25)
+    rec = cal.record()
+    assert rec["texts"] == 2 and rec["tokens"] == 2 * 5  # [CLS] the x y [SEP]
+    assert rec["distinct_tokens"] == 7
+    assert rec["weighting"] == {"rule": "(count + alpha) ** power", "alpha": 2.0, "power": 0.25}
+    assert rec["counts_sha256"] == hashlib.sha256(cal.counts.numpy().astype("<i8").tobytes()).hexdigest()
+    assert Calibration(["x"], cal.counts, 2, 2.0, 0.25).counts_sha256 == rec["counts_sha256"]
+
+
+def test_jsonl_and_csv_sources(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"text": "one"}\n{"text": "two", "x": 1}\n')
+    (tmp_path / "b.csv").write_text('id,body\n1,"hello, world"\n2,bye\n')
+    assert read_texts(str(tmp_path / "a.jsonl")) == ["one", "two"]
+    assert read_texts(str(tmp_path / "b.csv"), text_column="body") == ["hello, world", "bye"]
+
+
+@pytest.mark.parametrize("content, name, column, match", [
+    ("", "empty.txt", "text", "has no text"),
+    (None, "missing.txt", "text", "does not exist"),
+    ('{"text": "a"}\n', "a.jsonl", "body", "no 'body' field"),
+    ("id,text\n1,a\n", "b.csv", "body", "no column 'body'"),
+    ("not json\n", "c.jsonl", "text", "not valid JSON"),
+])
+def test_bad_sources(tmp_path, content, name, column, match):
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(MessiError, match=match):
+        read_texts(str(path), text_column=column)
+
+
+def test_unknown_glue_task():
+    with pytest.raises(MessiError, match="unknown GLUE task"):
+        read_texts("glue:nope")
+
+
+def test_calibrated_compress_protects_frequent_rows(minilm_dir, tokenizer):
+    """On the real table: calibrated SVD has lower weighted error and higher plain error."""
+    cal = calibrate(tokenizer, ["glue:rte"], 30522)
+    plain = messi.compress(messi.load_pretrained(), method="svd", ratio=0.6).messi_config
+    weighted = messi.compress(messi.load_pretrained(), method="svd", ratio=0.6, row_weights=cal.weights,
+                              calibration=cal.record()).messi_config
+    assert weighted["calibration"]["sources"] == ["glue:rte"]
+    assert weighted["rel_error"] > plain["rel_error"]
+    model = messi.load_pretrained()
+    A = model.get_input_embeddings().weight.detach()
+    approx_plain = messi.svd_factorize(A, plain["rank"]).reconstruct()
+    from messi.factorize import relative_error
+    assert weighted["weighted_rel_error"] < relative_error(A, approx_plain, cal.weights)
