@@ -171,3 +171,46 @@ def test_mpnet_not_fetched_names_the_command(tmp_path, monkeypatch):
     monkeypatch.setenv("MESSI_CACHE", str(tmp_path))
     with pytest.raises(MessiError, match="messi fetch-model mpnet"):
         messi.load_pretrained("mpnet")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_half_precision_round_trip_is_exact(tmp_path, tokens, dtype):
+    model = messi.load_pretrained().to(dtype)
+    messi.compress(model, method="messi", ratio=0.4, k=2, n_init=1, max_iter=3)
+    assert model.get_input_embeddings().coords.dtype == dtype  # cast back to the model's dtype
+    messi.save(model, tmp_path / "m")
+    again = messi.load(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "messi.json").read_text())["dtype"] == str(dtype).removeprefix("torch.")
+    assert {p.dtype for p in again.parameters()} == {dtype}
+    assert torch.equal(hidden(model, tokens), hidden(again, tokens))
+
+
+def test_load_honours_the_device(compressed):
+    _, path = compressed["svd"]
+    model = messi.load(path, device="meta")
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    assert {p.device.type for p in messi.load(path, device="cpu").parameters()} == {"cpu"}
+
+
+def test_padding_row_is_kept_exactly(compressed):
+    original = messi.load_pretrained().get_input_embeddings().weight[0]
+    for method in ("svd", "messi"):
+        model, path = compressed[method]
+        for m in (model, messi.load(path)):
+            row = m.get_input_embeddings()(torch.tensor([0]))[0]
+            assert torch.equal(row, original), method
+
+
+def test_many_clusters_keep_their_ids(tmp_path):
+    """k > 256 needs wider cluster ids than a byte; they must survive save/load."""
+    config = transformers.BertConfig(vocab_size=700, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=16, max_position_embeddings=16)
+    torch.manual_seed(0)
+    model = transformers.BertModel(config).eval()
+    messi.compress(model, method="messi", ratio=0.3, k=300, rank=1, n_init=1, max_iter=2)
+    emb = model.get_input_embeddings()
+    assert emb.labels.dtype == torch.int16 and int(emb.labels.max()) >= 256
+    messi.save(model, tmp_path / "m")
+    again = messi.load(tmp_path / "m").get_input_embeddings()
+    assert torch.equal(again.labels, emb.labels)
+    assert torch.equal(again.weight, emb.weight)

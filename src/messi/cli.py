@@ -19,6 +19,8 @@ from .models import DEFAULT_MODEL
 app = typer.Typer(help="Compress the embedding layer of Hugging Face models with projective clustering (MESSI).",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 console = Console()
+#: MESSI's number of subspaces when --k is not given (chosen on STS-B train pairs: docs/benchmarks.md).
+DEFAULT_K = 3
 MODEL_HELP = f"Model folder (Hugging Face or messi) or built-in name; default {DEFAULT_MODEL} (all-MiniLM-L6-v2)."
 
 
@@ -41,27 +43,32 @@ def friendly(command):
     return wrapper
 
 
+def _fmt(value, spec: str) -> str:
+    """``value`` formatted with ``spec``, or a dash when it is missing or not a number."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "—" if value is None else str(value)
+    return format(value, spec)
+
+
 def info_table(info: dict, title: str) -> Table:
-    """A two-column table of the numbers people compare."""
+    """A two-column table of the numbers people compare (a dash for a field the folder lacks)."""
     table = Table(title=title, show_header=False)
     rows = [
-        ("method", info["method"]), ("k (subspaces)", info["k"]), ("rank j", info["rank"]),
-        ("target ratio", f"{info['ratio']:.3f}"), ("compression", f"{info['compression']:.4f}"),
-        ("embedding params before", f"{info['embedding_params_before']:,}"),
-        ("embedding params after", f"{info['embedding_params_after']:,}"),
-        ("cluster-id bytes (buffer)", f"{info.get('label_bytes', 0):,}"),
-        ("rel_error |A-A'|^2/|A|^2", f"{info['rel_error']:.5f}"),
+        ("method", info.get("method")), ("k (subspaces)", info.get("k")), ("rank j", info.get("rank")),
+        ("target ratio", _fmt(info.get("ratio"), ".3f")), ("compression", _fmt(info.get("compression"), ".4f")),
+        ("embedding params before", _fmt(info.get("embedding_params_before"), ",")),
+        ("embedding params after", _fmt(info.get("embedding_params_after"), ",")),
+        ("cluster-id bytes (buffer)", _fmt(info.get("label_bytes", 0), ",")),
+        ("rel_error |A-A'|^2/|A|^2", _fmt(info.get("rel_error"), ".5f")),
     ]
     if "weighted_rel_error" in info:
         cal = info.get("calibration") or {}
-        rows += [("weighted rel_error (calibrated)", f"{info['weighted_rel_error']:.5f}"),
+        rows += [("weighted rel_error (calibrated)", _fmt(info["weighted_rel_error"], ".5f")),
                  ("calibration", ", ".join(map(str, cal.get("sources", [])))),
-                 ("calibration texts / tokens", f"{cal.get('texts', 0):,} / {cal.get('tokens', 0):,}")]
-    rows += [
-        ("fit seconds", f"{info.get('fit_seconds', float('nan')):.1f}"),
-    ]
+                 ("calibration texts / tokens", f"{_fmt(cal.get('texts'), ',')} / {_fmt(cal.get('tokens'), ',')}")]
+    rows.append(("fit seconds", _fmt(info.get("fit_seconds"), ".1f")))
     for key, value in rows:
-        table.add_row(key, str(value))
+        table.add_row(key, "—" if value is None else str(value))
     return table
 
 
@@ -72,7 +79,7 @@ def compress(
     model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
     method: str = typer.Option("messi", "--method", help="svd (one subspace) or messi (k subspaces)."),
     ratio: float = typer.Option(0.4, "--ratio", help="Target embedding compression, 1 - new/old parameters, in (0, 1)."),
-    k: int = typer.Option(3, "--k", help="Number of subspaces (messi)."),
+    k: int = typer.Option(DEFAULT_K, "--k", help="Number of subspaces (messi)."),
     rank: Optional[int] = typer.Option(None, "--rank", help="Subspace dimension j; default: the largest reaching --ratio."),
     seed: int = typer.Option(0, "--seed", help="Seed of the clustering."),
     n_init: int = typer.Option(4, "--n-init", help="Clustering restarts; the lowest cost wins."),
@@ -94,8 +101,10 @@ def compress(
     from .factorize import METHODS, check_ratio
     from .models import resolve_model
 
-    if out_dir.exists() and not overwrite:
-        raise MessiError(f"{out_dir} already exists; choose another folder or pass --overwrite")
+    from .compress import is_messi_folder
+    from .io import check_writable_target
+
+    check_writable_target(out_dir, replace=overwrite, is_ours=is_messi_folder)
     if method not in METHODS:
         raise MessiError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     check_ratio(ratio)
@@ -119,7 +128,7 @@ def compress(
                    max_iter=max_iter, loss=loss, verbose=True, row_weights=None if cal is None else cal.weights,
                    calibration=None if cal is None else cal.record())
     save(net, out_dir, tokenizer=tokenizer, extra={"source_model": str(model or DEFAULT_MODEL)},
-         source=resolve_model(model))
+         source=resolve_model(model), overwrite=overwrite)
     console.print(info_table(net.messi_config, f"{out_dir}"))
 
 
@@ -130,9 +139,10 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print messi.json as JSON."),
 ):
     """Show how a compressed folder was made: method, k, rank, compression, rel_error."""
-    from .compress import read_info
+    from .folder import check_weights, read_info
 
     data = read_info(directory)
+    check_weights(data, directory)
     if as_json:
         typer.echo(json.dumps(data, indent=2))
     else:
@@ -176,7 +186,7 @@ def glue(
     model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
     method: str = typer.Option("none", "--method", help="none, svd or messi: compress before fine-tuning."),
     ratio: float = typer.Option(0.4, "--ratio", help="Embedding compression for svd/messi."),
-    k: int = typer.Option(3, "--k", help="Subspaces for messi."),
+    k: int = typer.Option(DEFAULT_K, "--k", help="Subspaces for messi."),
     epochs: Optional[float] = EPOCHS, learning_rate: Optional[float] = LR, batch_size: Optional[int] = BATCH,
     max_seq_length: Optional[int] = MAXLEN, max_train_samples: Optional[int] = MAXTRAIN,
     max_eval_samples: Optional[int] = MAXEVAL,
@@ -224,7 +234,7 @@ def sweep(
     tasks: str = typer.Option("cola,sst2,mrpc,stsb,rte,wnli", "--tasks", help="Comma-separated GLUE tasks."),
     methods: str = typer.Option("none,svd,messi", "--methods", help="Comma-separated: none, svd, messi."),
     ratios: str = typer.Option("0.4,0.6", "--ratios", help="Comma-separated embedding compression ratios."),
-    k: int = typer.Option(3, "--k", help="Subspaces for messi."),
+    k: int = typer.Option(DEFAULT_K, "--k", help="Subspaces for messi."),
     seeds: str = typer.Option("42", "--seeds", help="Comma-separated seeds."),
     model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
     protocol: str = typer.Option("paper", "--protocol",
@@ -261,16 +271,32 @@ def report(sweep_dir: Path = typer.Argument(..., help="A folder written by `mess
 @app.command()
 @friendly
 def demo(
-    output_dir: Path = typer.Option(Path("messi_demo"), "--output-dir", help="Sweep folder (resumes if it exists)."),
+    output_dir: Path = typer.Option(Path("messi_demo"), "--output-dir", help="Output folder (resumes if it exists)."),
     data_dir: Optional[Path] = DATA,
+    glue: bool = typer.Option(False, "--glue", help="Also run the small GLUE sweep (SST-2 and MRPC, 1000 rows; ~7 more minutes)."),
 ):
-    """A small sweep on the built-in model: SST-2 and MRPC, 1000 train rows, none/svd/messi at 40%."""
-    from .glue.train import TrainConfig
+    """The answer in 3 minutes: compress the built-in model at 40/60/80% with SVD and MESSI, plain
+    and calibrated (GLUE train texts, not STS-B), score each on zero-shot STS-B dev, write a report."""
+    from .evaluate import sts_pairs
+    from .sts_study import Study, demo_settings, write_report
 
-    cfg = TrainConfig(epochs=2.0, learning_rate=5e-5, batch_size=32, max_seq_length=64,
-                      max_train_samples=1000, seed=42)
-    _run_sweep(output_dir, ["sst2", "mrpc"], ["none", "svd", "messi"], [0.4], 3, [42], None, cfg,
-               1.0, "paper", data_dir, False)
+    pairs = sts_pairs("dev", data_dir)  # fails here, before any work, if the data is missing
+    output_dir.mkdir(parents=True, exist_ok=True)
+    study = Study(None, pairs, output_dir / "sts.json", data_dir=data_dir)
+    records = study.run(demo_settings(DEFAULT_K))
+    notes = ("Calibrated: embedding rows weighted by (count + 1) ** 0.5, counts of the SST-2, CoLA, MRPC "
+             "and RTE train texts. Made by `messi demo`; every cell is in sts.json.")
+    md_path, png_path, md = write_report(records, study.uncompressed(), output_dir,
+                                         "all-MiniLM-L6-v2: zero-shot STS-B vs embedding compression", notes)
+    console.print(md)
+    console.print(f"wrote {md_path} and {png_path}")
+    if glue:
+        from .glue.train import TrainConfig
+
+        cfg = TrainConfig(epochs=2.0, learning_rate=5e-5, batch_size=32, max_seq_length=64,
+                          max_train_samples=1000, seed=42)
+        _run_sweep(output_dir / "glue", ["sst2", "mrpc"], ["none", "svd", "messi"], [0.4], DEFAULT_K, [42], None,
+                   cfg, 1.0, "paper", data_dir, False)
 
 
 @app.command("eval-sts")

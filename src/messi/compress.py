@@ -24,12 +24,11 @@ from .clustering import check_sample_weight
 from .factorize import (METHODS, check_rank, check_ratio, compression, messi_factorize, parameter_count,
                         rank_for_ratio, relative_error, svd_factorize)
 from .auto import MessiConfig
-from .io import atomic_dir, write_json
+from .folder import CONFIG_NAME, WEIGHTS_NAME, check_config, check_weights, read_info, sha256_file
+from .io import atomic_dir, check_writable_target, write_json
 from .layers import FactorizedEmbedding, ProjectiveEmbedding, TiedOutputEmbedding, _LowRankEmbedding
 from .models import copy_sentence_transformers_files, load_hf_model, resolve_model
 
-CONFIG_NAME = "messi.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 def _input_embedding(model: nn.Module) -> nn.Embedding:
@@ -126,7 +125,8 @@ def compress(model: nn.Module, method: str = "messi", ratio: float = 0.4, k: int
         "embedding_params_after": parameter_count(n, d, k, rank),
         "label_bytes": getattr(layer, "label_bytes", 0),
         "rel_error": rel, "tied_output": tied, "fit_seconds": seconds,
-        "model_class": type(model).__name__, "messi_version": __version__,
+        "model_class": type(model).__name__, "dtype": _dtype_name(_model_dtype(model)),
+        "messi_version": __version__,
     }
     if weights is not None:
         model.messi_config["weighted_rel_error"] = weighted_rel
@@ -134,6 +134,23 @@ def compress(model: nn.Module, method: str = "messi", ratio: float = 0.4, k: int
     if hasattr(model, "messi_load_report"):  # which class was loaded from the source, and why
         model.messi_config["source_load"] = model.messi_load_report
     return model
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype most of the model's parameters have (what ``load`` restores)."""
+    sizes: dict[torch.dtype, int] = {}
+    for p in model.parameters():
+        if p.is_floating_point():
+            sizes[p.dtype] = sizes.get(p.dtype, 0) + p.numel()
+    return max(sizes, key=sizes.get) if sizes else torch.float32
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+                "float64": torch.float64}
 
 
 def _padding_row(A: torch.Tensor, padding_idx: int | None):
@@ -167,7 +184,7 @@ def _load_weights(model: nn.Module, file: Path) -> None:
 
 
 def save(model: nn.Module, path: str | os.PathLike, tokenizer=None, extra: dict | None = None,
-         source: str | os.PathLike | None = None) -> Path:
+         source: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
     """Write a compressed ``model`` to the folder ``path``, atomically.
 
     The folder gets config.json (a ``MessiConfig`` holding the model's own config, so that
@@ -175,39 +192,26 @@ def save(model: nn.Module, path: str | os.PathLike, tokenizer=None, extra: dict 
     model.safetensors, messi.json and, if given, the tokenizer's files. If ``source`` is a
     sentence-transformers folder, its pooling and normalisation settings (modules.json and the
     module folders) are kept, so that ``SentenceTransformer(path)`` encodes as the original did.
-    ``extra`` adds keys to messi.json (e.g. where the model came from). An existing folder is
-    replaced only once the new one is complete.
+    ``extra`` adds keys to messi.json (e.g. where the model came from). messi.json records the
+    sha256 of model.safetensors, which ``load`` checks.
+
+    An existing ``path`` is refused unless ``overwrite``, and even then only a folder that messi
+    wrote (it has messi.json) is replaced, once the new one is complete. A folder that appears
+    at ``path`` while saving is never replaced.
     """
     info = getattr(model, "messi_config", None)
     if info is None:
         raise MessiError("this model was not compressed with messi.compress; nothing to save")
-    path = Path(path)
-    with atomic_dir(path) as tmp:
+    path = check_writable_target(path, replace=overwrite, is_ours=is_messi_folder)
+    with atomic_dir(path, replace=overwrite) as tmp:
         MessiConfig(base_config=model.config.to_dict()).save_pretrained(tmp)
         _save_weights(model, tmp / WEIGHTS_NAME)
         if source is not None:
             copy_sentence_transformers_files(Path(source), tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        write_json(tmp / CONFIG_NAME, {**info, **(extra or {})})
+        write_json(tmp / CONFIG_NAME, {**info, **(extra or {}), "weights_sha256": sha256_file(tmp / WEIGHTS_NAME)})
     return path
-
-
-def read_info(path: str | os.PathLike) -> dict:
-    """The messi.json of a compressed folder, or MessiError saying what is missing or broken."""
-    path = Path(path)
-    if not path.is_dir():
-        raise MessiError(f"{path} does not exist or is not a folder; give a folder written by `messi compress`")
-    file = path / CONFIG_NAME
-    if not file.is_file():
-        raise MessiError(f"{path} has no {CONFIG_NAME}: not a messi folder; create one with `messi compress`")
-    try:
-        info = json.loads(file.read_text())
-        for key in ("method", "k", "rank", "num_embeddings", "embedding_dim", "model_class"):
-            info[key]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-        raise MessiError(f"{file} is corrupt ({type(e).__name__}: {e}); re-run `messi compress`") from e
-    return info
 
 
 def _model_class(name: str):
@@ -221,19 +225,21 @@ def _model_class(name: str):
 def load(path: str | os.PathLike, device: str | torch.device | None = None) -> nn.Module:
     """Rebuild a model saved by ``save``: same class, factored layers, saved weights; eval mode.
 
-    Reads only JSON and safetensors. Gives exactly the outputs the saved model gave.
+    Reads only JSON and safetensors, and checks both first (``folder.py``): field types and
+    ranges, config.json against messi.json, tensor shapes, the weights' sha256. Gives exactly
+    the outputs the saved model gave, in the saved precision.
     """
     path = Path(path)
     info = read_info(path)
+    check_weights(info, path)
     weights = path / WEIGHTS_NAME
-    if not weights.is_file():
-        raise MessiError(f"{path} has no {WEIGHTS_NAME}; the folder is incomplete, re-run `messi compress`")
     try:
         config = transformers.AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
         if isinstance(config, MessiConfig):
             config = config.to_base()
     except (OSError, ValueError) as e:
         raise MessiError(f"{path}/config.json is missing or corrupt ({e}); re-run `messi compress`") from e
+    check_config(info, config, path)
     model = _model_class(info["model_class"])(config)
     n, d, j, k, pad = (info["num_embeddings"], info["embedding_dim"], info["rank"], info["k"],
                        info.get("padding_idx"))
@@ -241,7 +247,12 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None) -> n
         layer = FactorizedEmbedding(n, d, j, pad)
     else:
         layer = ProjectiveEmbedding(n, d, j, k, pad)
-    _install(model, layer, info.get("tied_output", False))
+    tied = info.get("tied_output", False)
+    if tied and getattr(model, "get_output_embeddings", lambda: None)() is None:
+        raise MessiError(f"{path}/messi.json says the output head is tied, but {info['model_class']} has no "
+                         "output head; the folder is damaged, re-run `messi compress`")
+    _install(model, layer, tied)
+    model.to(FLOAT_DTYPES[info.get("dtype", "float32")])  # the saved precision: identical outputs
     try:
         _load_weights(model, weights)
     except (SafetensorError, RuntimeError, OSError, KeyError, json.JSONDecodeError) as e:

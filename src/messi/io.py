@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,7 +23,7 @@ def atomic_file(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield tmp
@@ -44,20 +45,88 @@ def write_json(path: str | os.PathLike, data) -> None:
     write_text(path, json.dumps(data, indent=2) + "\n")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def clean_stale(path: str | os.PathLike) -> list[Path]:
+    """Remove temporary and ``.old`` siblings of ``path`` left by messi processes that died
+    (kill -9, power loss); those of live processes are left alone. Returns what was removed."""
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(?:old-)?(\d+)(?:\..*\.tmp)?$")
+    for entry in path.parent.iterdir():
+        m = pattern.match(entry.name)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+            removed.append(entry)
+    return removed
+
+
+def check_writable_target(path: str | os.PathLike, replace: bool = False, is_ours=None) -> Path:
+    """Check, before any work, that the folder ``path`` can be written: its parent can be
+    created and written to, and ``path`` does not exist (or, with ``replace``, is a folder that
+    ``is_ours(path)`` says messi wrote). MessiError naming the problem and the fix otherwise."""
+    from .errors import MessiError
+
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        if not replace:
+            raise MessiError(f"{path} already exists; choose another folder or pass --overwrite")
+        if not path.is_dir() or path.is_symlink():
+            raise MessiError(f"{path} is not a folder; --overwrite only replaces a folder that messi wrote")
+        if is_ours is not None and not is_ours(path):
+            raise MessiError(f"{path} was not written by messi (no messi.json); --overwrite refuses to delete "
+                             "it. Choose another folder")
+    parent = path.parent
+    for p in [parent, *parent.parents]:
+        if p.exists():
+            if not p.is_dir():
+                raise MessiError(f"cannot create {path}: {p} is a file, not a folder; choose another output path")
+            break
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        probe = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=parent))
+        probe.rmdir()
+    except OSError as e:
+        raise MessiError(f"cannot write to {parent} ({e.strerror}); choose a folder you can write to") from e
+    return path
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike):
-    """Yield a temporary folder beside ``path``; on success it replaces ``path`` in one rename.
+def atomic_dir(path: str | os.PathLike, replace: bool = True):
+    """Yield a temporary folder beside ``path``; on success it becomes ``path`` in one rename.
 
     On any failure (Ctrl-C included) the temporary folder is removed and ``path``, if it
-    existed, is left as it was.
+    existed, is left as it was. With ``replace=False`` a ``path`` that appeared while the work
+    ran is never replaced: MessiError, and what is there stays intact. Leftovers of earlier
+    runs that were killed are cleaned first.
     """
+    from .errors import MessiError
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    clean_stale(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, _default_mode(True))
     try:
         yield tmp
-        if path.exists():
+        if path.exists() or path.is_symlink():
+            if not replace:
+                raise MessiError(f"{path} appeared while this run worked; it was left as it is and nothing "
+                                 "was written. Choose another folder or pass --overwrite")
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.rename(path, old)
             try:
@@ -65,8 +134,14 @@ def atomic_dir(path: str | os.PathLike):
             except BaseException:
                 os.rename(old, path)
                 raise
-            shutil.rmtree(old, ignore_errors=True)
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink()
         else:
-            os.rename(tmp, path)
+            try:
+                os.rename(tmp, path)
+            except OSError as e:  # a non-empty folder appeared between the check and the rename
+                raise MessiError(f"{path} appeared while this run worked ({e.strerror}); it was left as it is") from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

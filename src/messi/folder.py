@@ -1,0 +1,127 @@
+"""The messi.json of a compressed folder: its schema, its checks, and the weights' checksum.
+
+``load`` and ``messi info`` trust nothing in a folder: every field is checked for type and
+range, against the other fields, against config.json and against the tensor shapes in the
+safetensors header (read without loading a tensor), before anything large is allocated; the
+sha256 that ``save`` recorded must match model.safetensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import numbers
+from pathlib import Path
+
+from .errors import MessiError
+
+CONFIG_NAME = "messi.json"
+WEIGHTS_NAME = "model.safetensors"
+METHODS = ("svd", "messi")
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+#: Largest vocabulary accepted from a file (2^31 rows: far above any real tokenizer).
+MAX_ROWS = 2**31
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _int(info: dict, key: str, low: int, high: int, file: Path) -> int:
+    value = info.get(key)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
+        raise MessiError(f"{file}: {key} must be an integer in [{low}, {high}], got {value!r}; "
+                         "the folder is damaged, re-run `messi compress`")
+    return int(value)
+
+
+def _number(info: dict, key: str, file: Path) -> None:
+    value = info.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+        raise MessiError(f"{file}: {key} must be a number, got {value!r}; re-run `messi compress`")
+
+
+def validate_info(info, file: Path) -> dict:
+    """Check messi.json's fields (types, ranges, consistency); returns ``info`` or MessiError."""
+    if not isinstance(info, dict):
+        raise MessiError(f"{file} must hold a JSON object, got {type(info).__name__}; re-run `messi compress`")
+    method = info.get("method")
+    if method not in METHODS:
+        raise MessiError(f"{file}: method must be one of {', '.join(METHODS)}, got {method!r}")
+    n = _int(info, "num_embeddings", 1, MAX_ROWS, file)
+    d = _int(info, "embedding_dim", 2, 1 << 20, file)
+    k = _int(info, "k", 1, n, file)
+    if method == "svd" and k != 1:
+        raise MessiError(f"{file}: method svd has k = 1, got k = {k}")
+    _int(info, "rank", 1, d - 1, file)
+    pad = info.get("padding_idx")
+    if pad is not None:
+        _int(info, "padding_idx", 0, n - 1, file)
+    if not isinstance(info.get("model_class"), str) or not info["model_class"].isidentifier():
+        raise MessiError(f"{file}: model_class must be a class name, got {info.get('model_class')!r}")
+    if not isinstance(info.get("tied_output", False), bool):
+        raise MessiError(f"{file}: tied_output must be true or false, got {info.get('tied_output')!r}")
+    if info.get("dtype", "float32") not in DTYPES:
+        raise MessiError(f"{file}: dtype must be one of {', '.join(DTYPES)}, got {info.get('dtype')!r}")
+    digest = info.get("weights_sha256")
+    if digest is not None and not (isinstance(digest, str) and len(digest) == 64
+                                   and all(c in "0123456789abcdef" for c in digest)):
+        raise MessiError(f"{file}: weights_sha256 must be 64 hex digits, got {digest!r}")
+    for key in ("ratio", "compression", "rel_error", "weighted_rel_error", "fit_seconds"):
+        _number(info, key, file)
+    return info
+
+
+def read_info(path: str | Path) -> dict:
+    """The checked messi.json of a compressed folder, or MessiError saying what is wrong."""
+    path = Path(path)
+    if not path.is_dir():
+        raise MessiError(f"{path} does not exist or is not a folder; give a folder written by `messi compress`")
+    file = path / CONFIG_NAME
+    if not file.is_file():
+        raise MessiError(f"{path} has no {CONFIG_NAME}: not a messi folder; create one with `messi compress`")
+    try:
+        info = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MessiError(f"{file} is corrupt ({type(e).__name__}: {e}); re-run `messi compress`") from e
+    return validate_info(info, file)
+
+
+def check_config(info: dict, config, path: Path) -> None:
+    """config.json must describe the same table as messi.json (vocabulary size)."""
+    vocab = getattr(config, "vocab_size", None)
+    if vocab is not None and vocab != info["num_embeddings"]:
+        raise MessiError(f"{path}: config.json has vocab_size {vocab} but messi.json says {info['num_embeddings']} "
+                         "rows; the folder was edited or mixed up, re-run `messi compress`")
+
+
+def check_weights(info: dict, path: Path, verify_checksum: bool = True) -> None:
+    """The factored tensors in model.safetensors must have the shapes messi.json gives (read from
+    the header only), and the file's sha256 must be the one ``save`` recorded."""
+    from safetensors import SafetensorError, safe_open
+
+    weights = path / WEIGHTS_NAME
+    if not weights.is_file():
+        raise MessiError(f"{path} has no {WEIGHTS_NAME}; the folder is incomplete, re-run `messi compress`")
+    digest = info.get("weights_sha256")
+    if verify_checksum and digest is not None and sha256_file(weights) != digest:
+        raise MessiError(f"{weights} does not match the sha256 in messi.json: the file is damaged or was "
+                         "changed; re-run `messi compress` or restore it")
+    n, d, j, k = info["num_embeddings"], info["embedding_dim"], info["rank"], info["k"]
+    expected = {"coords": [n, j]}
+    expected.update({"basis": [j, d]} if info["method"] == "svd" else {"bases": [k, j, d], "labels": [n]})
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            shapes = {name.rsplit(".", 1)[-1]: list(f.get_slice(name).get_shape())
+                      for name in f.keys() if name.rsplit(".", 1)[-1] in expected}
+    except (SafetensorError, OSError) as e:
+        raise MessiError(f"{weights} is not a readable safetensors file ({e}); re-run `messi compress`") from e
+    for name, shape in expected.items():
+        if shapes.get(name) != shape:
+            raise MessiError(f"{weights}: the factored tensor {name!r} has shape {shapes.get(name)}, messi.json "
+                             f"says {shape}; the folder is damaged, re-run `messi compress`")

@@ -1,0 +1,241 @@
+"""A grid of embedding compressions scored by zero-shot STS-B: resumable, tabled and plotted.
+
+Each cell is one ``Setting`` (method, ratio, k, calibration sources and weighting). The base
+model is loaded once; every cell compresses a copy, scores it with ``evaluate.sts_score`` and
+is written to a JSON file at once (atomically), so a killed run resumes where it stopped.
+Used by ``messi demo`` and ``benchmarks/sts_curve.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .calibration import DEFAULT_ALPHA, DEFAULT_POWER, calibrate, weights_from_counts
+from .errors import MessiError
+from .io import atomic_file, write_json
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One compression: ``method`` "svd" or "messi" (k subspaces) at ``ratio``; rows weighted by
+    the tokens of ``calibration`` (sources as ``messi compress --calibration``) if any."""
+
+    method: str
+    ratio: float
+    k: int = 1
+    calibration: tuple[str, ...] = ()
+    alpha: float = DEFAULT_ALPHA
+    power: float = DEFAULT_POWER
+
+    @property
+    def key(self) -> str:
+        """A stable name of the cell in the results file."""
+        cal = "+".join(self.calibration) + f"@a{self.alpha:g},p{self.power:g}" if self.calibration else "plain"
+        return f"{self.method}|k{self.k}|r{self.ratio:g}|{cal}"
+
+    @property
+    def label(self) -> str:
+        """How tables and plots name the setting's curve."""
+        name = "SVD" if self.method == "svd" else f"MESSI k={self.k}"
+        return name + (" calibrated" if self.calibration else "")
+
+
+class Study:
+    """Scores ``Setting``s on one model and one set of STS pairs; results kept in ``results_file``.
+
+    ``reference_counts`` (n,), optional: token counts that split the vocabulary into rows seen
+    and unseen in calibration, to report what unseen rows lose (for every cell, weighted or not).
+    """
+
+    def __init__(self, model_ref, pairs, results_file: str | Path, reference_counts: torch.Tensor | None = None,
+                 data_dir=None, n_init: int = 4, max_iter: int = 50, seed: int = 0, split: str = "dev"):
+        from .compress import load_pretrained, load_tokenizer
+        from .evaluate import read_pooling
+        from .models import resolve_model
+
+        self.model_ref, self.pairs, self.data_dir, self.split = model_ref, pairs, data_dir, split
+        self.results_file = Path(results_file)
+        self.n_init, self.max_iter, self.seed = n_init, max_iter, seed
+        folder = Path(model_ref) if model_ref is not None and Path(model_ref).is_dir() else resolve_model(model_ref)
+        self.pooling = read_pooling(folder)
+        self.tokenizer = load_tokenizer(model_ref)
+        if self.tokenizer is None:
+            raise MessiError(f"no tokenizer files in {folder}; the STS study needs them")
+        self._base = None
+        self._load = lambda: load_pretrained(model_ref)
+        self._counts: dict[tuple[str, ...], torch.Tensor] = {}
+        self.reference_counts = reference_counts
+        self.results: dict[str, dict] = self._read_results()
+
+    def _read_results(self) -> dict[str, dict]:
+        if not self.results_file.is_file():
+            return {}
+        try:
+            data = json.loads(self.results_file.read_text())
+            return {r["key"]: r for r in data["cells"]}
+        except (ValueError, KeyError, TypeError) as e:
+            raise MessiError(f"{self.results_file} is corrupt ({e}); delete it to start the study again") from e
+
+    @property
+    def base(self):
+        """The uncompressed model, loaded on first use."""
+        if self._base is None:
+            self._base = self._load()
+        return self._base
+
+    def counts(self, sources: tuple[str, ...]) -> torch.Tensor:
+        """Token counts (n,) of all texts of ``sources`` together (cached)."""
+        if sources not in self._counts:
+            n = self.base.get_input_embeddings().num_embeddings
+            self._counts[sources] = calibrate(self.tokenizer, list(sources), n, self.data_dir).counts
+        return self._counts[sources]
+
+    def _save(self) -> None:
+        write_json(self.results_file, {"model": str(self.model_ref or "minilm"), "pairs": len(self.pairs[2]),
+                                       "cells": list(self.results.values())})
+
+    def uncompressed(self) -> dict:
+        """The uncompressed model's scores (a cell with method "none")."""
+        from .evaluate import sts_score
+
+        if "none" not in self.results:
+            score = sts_score(self.base, self.tokenizer, self.pooling, self.pairs)
+            n, d = self.base.get_input_embeddings().weight.shape
+            self.results["none"] = {"key": "none", "method": "none", "ratio": 0.0, "k": 0, "calibration": [],
+                                    "embedding_params_after": n * d, "split": self.split, **score}
+            self._save()
+        return self.results["none"]
+
+    def run(self, settings: list[Setting], progress: bool = True) -> list[dict]:
+        """Score every setting not yet in the results file; returns the records of ``settings``."""
+        self.uncompressed()
+        todo = [s for s in settings if s.key not in self.results]
+        for s in tqdm(todo, desc="STS study", unit="cell", disable=not progress):
+            self.results[s.key] = self._cell(s)
+            self._save()
+        return [self.results[s.key] for s in settings]
+
+    def _cell(self, s: Setting) -> dict:
+        from .compress import compress
+        from .evaluate import sts_score
+        from .factorize import relative_error
+
+        weights = None
+        if s.calibration:
+            weights = weights_from_counts(self.counts(s.calibration), s.alpha, s.power)
+        model = copy.deepcopy(self.base)
+        start = time.perf_counter()
+        compress(model, method=s.method, ratio=s.ratio, k=s.k, seed=self.seed, n_init=self.n_init,
+                 max_iter=self.max_iter, row_weights=weights)
+        seconds = time.perf_counter() - start
+        info = model.messi_config
+        record = {"key": s.key, **asdict(s), "calibration": list(s.calibration), "rank": info["rank"],
+                  "compression": info["compression"], "embedding_params_after": info["embedding_params_after"],
+                  "rel_error": info["rel_error"], "weighted_rel_error": info.get("weighted_rel_error"),
+                  "fit_seconds": info["fit_seconds"], "compress_seconds": seconds}
+        if self.reference_counts is not None:
+            A = self.base.get_input_embeddings().weight.detach()
+            with torch.no_grad():
+                approx = model.get_input_embeddings().weight
+            seen = self.reference_counts > 0
+            record["seen_rel_error"] = relative_error(A[seen], approx[seen])
+            record["unseen_rel_error"] = relative_error(A[~seen], approx[~seen])
+        record.update(sts_score(model, self.tokenizer, self.pooling, self.pairs))
+        return record
+
+
+def table(records: list[dict], reference: dict, columns=("spearman",)) -> str:
+    """A markdown table: one row per setting label, one column per ratio, cells "score (loss)"."""
+    ratios = sorted({r["ratio"] for r in records})
+    labels = list(dict.fromkeys(_label(r) for r in records))
+    lines = ["| method | " + " | ".join(f"{x:.0%}" for x in ratios) + " |",
+             "|---|" + "---|" * len(ratios)]
+    for label in labels:
+        cells = []
+        for x in ratios:
+            hit = [r for r in records if _label(r) == label and r["ratio"] == x]
+            cells.append(_cell_text(hit[0], reference, columns) if hit else "")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell_text(r: dict, reference: dict, columns) -> str:
+    parts = []
+    for c in columns:
+        if c == "spearman":
+            parts.append(f"{r['spearman']:.2f} ({r['spearman'] - reference['spearman']:+.2f})")
+        elif r.get(c) is not None:
+            parts.append(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]))
+    return " / ".join(parts)
+
+
+def _label(r: dict) -> str:
+    return Setting(r["method"], r["ratio"], r["k"], tuple(r["calibration"])).label
+
+
+def plot(records: list[dict], reference: dict, path: str | Path, title: str) -> Path:
+    """PNG: STS-B Spearman against embedding parameters, one line per setting label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for label in dict.fromkeys(_label(r) for r in records):
+        pts = sorted((r["embedding_params_after"], r["spearman"]) for r in records if _label(r) == label)
+        style = "--" if "calibrated" not in label else "-"
+        ax.plot([p[0] / 1e6 for p in pts], [p[1] for p in pts], style, marker="o", label=label)
+    ax.axhline(reference["spearman"], color="black", lw=1, ls=":", label=f"uncompressed {reference['spearman']:.2f}")
+    ax.axvline(reference["embedding_params_after"] / 1e6, color="grey", lw=0.5)
+    ax.set_xlabel("embedding parameters (millions)")
+    ax.set_ylabel("STS-B Spearman x 100 (zero-shot)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return path
+
+
+
+#: Calibration text of the demo and of the benchmark's "other" rows: GLUE train texts of tasks
+#: other than STS-B, so that the STS-B score is not calibrated on its own domain.
+OTHER_TASKS = ("glue:sst2", "glue:cola", "glue:mrpc", "glue:rte")
+
+
+def demo_settings(k: int, ratios=(0.4, 0.6, 0.8)) -> list[Setting]:
+    """SVD, calibrated SVD, MESSI and calibrated MESSI at each ratio."""
+    return [s for r in ratios for s in (Setting("svd", r), Setting("svd", r, 1, OTHER_TASKS),
+                                        Setting("messi", r, k), Setting("messi", r, k, OTHER_TASKS))]
+
+
+def write_report(records: list[dict], reference: dict, folder: str | Path, title: str,
+                 notes: str = "") -> tuple[Path, Path, str]:
+    """``folder``/report.md (score table, sizes and errors) and ``folder``/report.png."""
+    folder = Path(folder)
+    md = "\n\n".join([
+        f"# {title}",
+        f"Zero-shot STS-B {reference.get('split', 'dev')} ({reference['pairs']:,} pairs): Spearman x 100 of the "
+        f"cosine of sentence embeddings against the gold scores; uncompressed **{reference['spearman']:.2f}**. "
+        "Each cell: score (change against uncompressed). Columns: embedding compression.",
+        table(records, reference),
+        "Relative squared error of the table |A - A'|^2 / |A|^2, and embedding parameters after:",
+        table(records, reference, columns=("rel_error", "embedding_params_after")),
+        notes,
+        "![STS-B against embedding size](report.png)",
+    ]) + "\n"
+    md_path, png_path = folder / "report.md", folder / "report.png"
+    with atomic_file(md_path) as tmp:
+        Path(tmp).write_text(md)
+    plot(records, reference, png_path, title)
+    return md_path, png_path, md

@@ -1,0 +1,153 @@
+"""A compressed folder is checked before it is trusted; outputs never destroy what messi did not write."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import transformers
+
+import messi
+from messi import MessiError
+from messi.io import atomic_dir, clean_stale
+
+
+def tiny_model(vocab=60, tied=False):
+    config = transformers.BertConfig(vocab_size=vocab, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=32)
+    torch.manual_seed(0)
+    return (transformers.BertForMaskedLM if tied else transformers.BertModel)(config).eval()
+
+
+@pytest.fixture
+def folder(tmp_path):
+    model = messi.compress(tiny_model(), method="messi", ratio=0.4, k=2, n_init=1, max_iter=3)
+    return messi.save(model, tmp_path / "m")
+
+
+def edit_info(folder, **changes):
+    info = json.loads((folder / "messi.json").read_text())
+    for key, value in changes.items():
+        if value is ...:
+            info.pop(key)
+        else:
+            info[key] = value
+    (folder / "messi.json").write_text(json.dumps(info))
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"k": "2"}, "k must be an integer"),
+    ({"rank": 3.5}, "rank must be an integer"),
+    ({"k": -1}, "k must be an integer"),
+    ({"method": "foo"}, "method must be one of"),
+    ({"padding_idx": 600}, "padding_idx"),
+    ({"padding_idx": "0"}, "padding_idx"),
+    ({"model_class": ["BertModel"]}, "model_class"),
+    ({"model_class": "NotAModel"}, "not a transformers model class"),
+    ({"tied_output": True}, "no output head"),
+    ({"num_embeddings": 10**15}, "num_embeddings"),
+    ({"num_embeddings": 61}, "coords|vocab_size"),
+    ({"dtype": "int8"}, "dtype"),
+    ({"rank": ...}, "rank must be an integer"),
+    ({"weights_sha256": "0" * 64}, "sha256"),
+])
+def test_tampered_messi_json_is_one_clear_error(folder, changes, words):
+    edit_info(folder, **changes)
+    with pytest.raises(MessiError, match=words):
+        messi.load(folder)
+
+
+def test_flipped_bytes_in_weights_are_caught(folder):
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(MessiError, match="sha256"):
+        messi.load(folder)
+
+
+def test_config_vocab_must_match(folder):
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["base_config"]["vocab_size"] = 61
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(MessiError, match="vocab_size"):
+        messi.load(folder)
+
+
+def test_remote_code_in_a_folder_never_runs(folder, tmp_path):
+    marker = tmp_path / "ran"
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["auto_map"] = {"AutoConfig": "evil.Config", "AutoModel": "evil.Model"}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    code = f"import messi; messi.load({str(folder)!r}); messi.load_tokenizer({str(folder)!r})"
+    result = subprocess.run([sys.executable, "-c", code], input="y\n", capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert not marker.exists()
+    assert "trust_remote_code" not in result.stdout  # no prompt
+
+
+def test_save_refuses_existing_and_foreign_folders(tmp_path):
+    model = messi.compress(tiny_model(), method="svd", ratio=0.4)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "thesis.txt").write_text("years of work")
+    with pytest.raises(MessiError, match="already exists"):
+        messi.save(model, docs)
+    with pytest.raises(MessiError, match="not written by messi"):
+        messi.save(model, docs, overwrite=True)
+    assert (docs / "thesis.txt").read_text() == "years of work"
+    out = messi.save(model, tmp_path / "m")
+    messi.save(model, out, overwrite=True)  # a messi folder may be replaced
+    assert messi.load(out) is not None
+    afile = tmp_path / "plain"
+    afile.write_text("x")
+    with pytest.raises(MessiError, match="not a folder"):
+        messi.save(model, afile, overwrite=True)
+    assert afile.read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs", "m", "plain"]  # nothing stray
+
+
+def test_a_folder_that_appears_meanwhile_is_kept(tmp_path):
+    target = tmp_path / "out"
+    with pytest.raises(MessiError, match="appeared"):
+        with atomic_dir(target, replace=False) as tmp:
+            (tmp / "a").write_text("new")
+            target.mkdir()
+            (target / "theirs").write_text("keep me")
+    assert (target / "theirs").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_leftovers_of_dead_runs_are_cleaned(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    stale = tmp_path / f".out.{pid}.abc123.tmp"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"0" * 1000)
+    old = tmp_path / f".out.old-{pid}"
+    old.write_text("x")
+    alive = tmp_path / f".out.{os.getpid()}.live.tmp"  # ours, still running: kept
+    alive.mkdir()
+    removed = clean_stale(tmp_path / "out")
+    assert set(removed) == {stale, old}
+    assert alive.exists() and not stale.exists() and not old.exists()
+
+
+def test_info_exits_2_on_a_broken_folder(folder):
+    edit_info(folder, rank="x")
+    r = subprocess.run([sys.executable, "-m", "messi.cli", "info", str(folder)], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2 and "rank must be an integer" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_tied_head_round_trip(tmp_path):
+    model = messi.compress(tiny_model(tied=True), method="messi", ratio=0.4, k=2, n_init=1, max_iter=3)
+    path = messi.save(model, tmp_path / "t")
+    again = messi.load(path)
+    ids = torch.tensor([[1, 5, 7, 2]])
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, again(input_ids=ids).logits)
