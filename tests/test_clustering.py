@@ -279,3 +279,35 @@ def test_numpy_weights_are_accepted():
     pc = ProjectiveClustering(n_clusters=2, rank=2, n_init=1).fit(X, sample_weight=np.ones(60))
     ref = ProjectiveClustering(n_clusters=2, rank=2, n_init=1).fit(X)
     assert pc.cost_ == pytest.approx(ref.cost_, rel=1e-9)
+
+
+def test_an_empty_cluster_takes_the_worst_served_rows():
+    """Cluster 2 gets no rows: its new basis must span the rows served worst now (largest
+    residuals), not stay empty or random."""
+    from messi.clustering import _refit
+
+    g = torch.Generator().manual_seed(9)
+    X = torch.randn(300, 10, dtype=torch.float64, generator=g)
+    labels = torch.arange(300) % 2  # clusters 0 and 1 only: cluster 2 is starved
+    resid = torch.zeros(300, dtype=torch.float64)
+    worst = torch.arange(0, 300, 7)
+    resid[worst] = 100.0 + torch.arange(len(worst), dtype=torch.float64)  # these rows are served worst
+    bases, _ = _refit(X, labels, resid, 3, 2, None)
+    m = min(300, max(4 * 2, 300 // (4 * 3)))  # how many worst rows the refit looks at
+    top = torch.topk(resid, m).indices
+    expected = torch.linalg.eigh(X[top].T @ X[top])[1][:, -2:]
+    P = bases[2].T @ bases[2]
+    assert torch.allclose(P, expected @ expected.T, atol=1e-8)
+
+
+def test_a_run_from_an_empty_cluster_ends_with_every_cluster_used():
+    X, _ = planted(k=3, n_per=100, noise=0.01, seed=11)
+    pc = ProjectiveClustering(n_clusters=3, rank=2, n_init=1, seed=0)
+    from messi.clustering import _Run  # noqa: F401  (the run type the loop returns)
+    from tqdm import tqdm
+
+    labels = torch.zeros(len(X), dtype=torch.long)  # every row in cluster 0: 1 and 2 are starved
+    run = pc._lloyd(X, X.square().sum(1), labels, tqdm(disable=True))
+    counts = torch.bincount(run.labels, minlength=3)
+    assert int((counts >= 2).sum()) == 3
+    assert run.cost < run.history[0]

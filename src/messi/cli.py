@@ -39,7 +39,7 @@ def friendly(command):
         except MessiError as e:
             fail(str(e))
         except KeyboardInterrupt:
-            fail("interrupted; nothing was written", 130)
+            fail("interrupted; finished outputs were kept, the unfinished one was discarded", 130)
     return wrapper
 
 
@@ -97,23 +97,24 @@ def compress(
 ):
     """Compress a model's input embedding and write an HF folder plus messi.json."""
     from .calibration import calibrate, check_weighting
-    from .compress import compress as compress_model, load_pretrained, load_tokenizer, save
+    from . import checks
+    from .compress import compress as compress_model, is_messi_folder, load_pretrained, load_tokenizer, save
     from .factorize import METHODS, check_ratio
+    from .io import check_writable_target
     from .models import resolve_model
 
-    from .compress import is_messi_folder
-    from .io import check_writable_target
-
-    check_writable_target(out_dir, replace=overwrite, is_ours=is_messi_folder)
     if method not in METHODS:
         raise MessiError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     check_ratio(ratio)
-    if k < 1:
-        raise MessiError(f"--k must be >= 1, got {k}")
+    checks.integer("--k", k, 1)
+    checks.seed("--seed", seed)
+    checks.integer("--n-init", n_init, 1, 1000)
+    checks.integer("--max-iter", max_iter, 1, 100_000)
     if loss not in ("l2", "l1", "huber"):
         raise MessiError(f"--loss must be l2, l1 or huber, got {loss!r}")
-    if rank is not None and rank < 1:
-        raise MessiError(f"--rank must be >= 1, got {rank}")
+    if rank is not None:
+        checks.integer("--rank", rank, 1)
+    check_writable_target(out_dir, replace=overwrite, is_ours=is_messi_folder)
     if calibration:
         check_weighting(weight_alpha, weight_power)  # a bad rule fails before the model loads
     net = load_pretrained(model)
@@ -162,9 +163,7 @@ def _train_config(preset, epochs, learning_rate, batch_size, max_seq_length, max
                  max_seq_length=max_seq_length, max_train_samples=max_train_samples,
                  max_eval_samples=max_eval_samples, seed=seed)
     cfg = dataclasses.replace(PRESETS[preset], **{k: v for k, v in given.items() if v is not None})
-    if cfg.epochs <= 0 or cfg.learning_rate <= 0 or cfg.batch_size < 1 or cfg.max_seq_length < 8:
-        raise MessiError("--epochs, --learning-rate must be > 0, --batch-size >= 1, --max-seq-length >= 8")
-    return cfg
+    return cfg.validate()
 
 
 EPOCHS = typer.Option(None, "--epochs", help="Training epochs (hf preset: 3).")
@@ -232,7 +231,9 @@ def _run_sweep(output_dir, tasks, methods, ratios, k, seeds, model, cfg, recover
 def sweep(
     output_dir: Path = typer.Option(..., "--output-dir", help="Sweep folder (resumes if it exists)."),
     tasks: str = typer.Option("cola,sst2,mrpc,stsb,rte,wnli", "--tasks", help="Comma-separated GLUE tasks."),
-    methods: str = typer.Option("none,svd,messi", "--methods", help="Comma-separated: none, svd, messi."),
+    methods: str = typer.Option("none,svd,messi", "--methods",
+                                help="Comma-separated: none, svd, messi, svd+cal, messi+cal (+cal: rows weighted by "
+                                     "the task's own train text)."),
     ratios: str = typer.Option("0.4,0.6", "--ratios", help="Comma-separated embedding compression ratios."),
     k: int = typer.Option(DEFAULT_K, "--k", help="Subspaces for messi."),
     seeds: str = typer.Option("42", "--seeds", help="Comma-separated seeds."),
@@ -246,14 +247,21 @@ def sweep(
     data_dir: Optional[Path] = DATA, strict: bool = STRICT,
 ):
     """Run the paper's protocol over tasks x methods x ratios x seeds; resumable; writes a report."""
+    from . import checks
     from .factorize import check_ratio
 
-    ratio_list = _split(ratios, float)
-    for r in ratio_list:
-        check_ratio(r)
+    ratio_list = [check_ratio(r) for r in _split(ratios, float)]
+    seed_list = [checks.seed("--seeds", s) for s in _split(seeds, int)]
+    task_list, method_list = _split(tasks), _split(methods)
+    for name, values in (("--tasks", task_list), ("--methods", method_list), ("--seeds", seed_list),
+                         ("--ratios", ratio_list)):
+        if not values:
+            raise MessiError(f"{name} is empty; give at least one value (comma-separated)")
+    checks.real("--recovery-epochs", recovery_epochs, 0, 1e6)
+    checks.integer("--k", k, 1)
     cfg = _train_config(preset, epochs, learning_rate, batch_size, max_seq_length, max_train_samples,
                         max_eval_samples, None)
-    _run_sweep(output_dir, _split(tasks), _split(methods), ratio_list, k, _split(seeds, int), model, cfg,
+    _run_sweep(output_dir, task_list, method_list, ratio_list, k, seed_list, model, cfg,
                recovery_epochs, protocol, data_dir, strict)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import checks
 from .errors import MessiError
 
 # Rows per block in the assignment product, so that memory stays bounded on big vocabularies.
@@ -42,11 +43,18 @@ def as_matrix(A, name: str = "matrix") -> torch.Tensor:
     Accepts a torch tensor or anything numpy can read. Half precision is promoted to float32.
     """
     if not isinstance(A, torch.Tensor):
-        A = torch.as_tensor(np.asarray(A))
+        arr = np.asarray(A)
+        if arr.dtype.kind not in "biufc":
+            raise MessiError(f"the {name} must hold numbers, got {arr.dtype} values")
+        A = torch.as_tensor(arr) if arr.dtype.kind != "c" else A
+    if isinstance(A, torch.Tensor) and A.is_complex() or np.iscomplexobj(A):
+        raise MessiError(f"the {name} is complex; projective clustering needs real numbers")
     if A.ndim != 2:
         raise MessiError(f"the {name} must be 2-D (rows x features), got shape {tuple(A.shape)}")
     if not A.is_floating_point():
         A = A.to(torch.float32)
+    if A.dtype == torch.float32 and A.numel() and float(A.abs().max()) > 1e15:
+        A = A.double()  # Gram matrices of such rows would overflow float32
     if A.dtype not in (torch.float32, torch.float64):
         A = A.to(torch.float32)
     if not bool(torch.isfinite(A).all()):
@@ -323,19 +331,20 @@ class ProjectiveClustering:
 
     def _check(self, X: torch.Tensor) -> None:
         n, d = X.shape
-        k, j = self.n_clusters, self.rank
-        if not isinstance(k, int) or k < 1:
-            raise MessiError(f"k (n_clusters) must be an integer >= 1, got {k!r}")
-        if not isinstance(j, int) or not 1 <= j < d:
-            raise MessiError(f"rank must be an integer in [1, {d - 1}] for {d} columns, got {j!r}")
+        k = checks.integer("k (n_clusters)", self.n_clusters, 1)
+        checks.integer("rank", self.rank, 1, d - 1)
         if n < k:
             raise MessiError(f"{n} rows cannot fill {k} clusters; use a smaller k")
-        if self.n_init < 1 or self.max_iter < 1:
-            raise MessiError("n_init and max_iter must be >= 1")
+        checks.integer("n_init", self.n_init, 1)
+        checks.integer("max_iter", self.max_iter, 1)
+        checks.real("tol", self.tol)
+        checks.seed("seed", self.seed)
         if self.init not in ("kmeans", "random"):
             raise MessiError(f"init must be 'kmeans' or 'random', got {self.init!r}")
         if self.loss not in LOSSES:
             raise MessiError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.delta is not None:
+            checks.real("delta", self.delta, 0, low_open=True)
 
     def fit(self, A, sample_weight=None) -> "ProjectiveClustering":
         """Fit the subspaces to the rows of ``A`` (n, d): a torch tensor or a numpy array.
@@ -347,7 +356,7 @@ class ProjectiveClustering:
         X = as_matrix(A)
         self._check(X)
         w = check_sample_weight(sample_weight, X.shape[0], X.device)
-        k, j = self.n_clusters, self.rank
+        k, j = int(self.n_clusters), int(self.rank)
         sq_norms = X.square().sum(1)
         gen = torch.Generator().manual_seed(int(self.seed))
         # equal weights seed exactly like no weights: the same seed gives the same start
@@ -369,7 +378,7 @@ class ProjectiveClustering:
 
     def _lloyd(self, X, sq_norms, labels, bar, sample_weight=None) -> _Run:
         """One EM run from ``labels`` until the labels or the cost stop moving."""
-        k, j, loss = self.n_clusters, self.rank, self.loss
+        k, j, loss = int(self.n_clusters), int(self.rank), self.loss
         resid = sq_norms  # distances to a zero subspace: starved clusters take the longest rows
         run = _Run(None, labels)
         stable, weights, delta = False, sample_weight, self.delta
@@ -396,14 +405,24 @@ class ProjectiveClustering:
             run.history.append(cost)
         return run
 
+    def _fitted(self, A) -> torch.Tensor:
+        """``A`` as a matrix on the bases' device, checked against the fitted width."""
+        if not hasattr(self, "bases_"):
+            raise MessiError("this ProjectiveClustering is not fitted yet; call fit(A) first")
+        X = as_matrix(A).to(self.bases_.device)
+        if X.shape[1] != self.bases_.shape[2]:
+            raise MessiError(f"the rows have {X.shape[1]} columns but the subspaces were fitted to "
+                             f"{self.bases_.shape[2]}; pass rows of the fitted width")
+        return X
+
     def predict(self, A) -> torch.Tensor:
         """Closest fitted subspace of every row of ``A`` (m, d): int64 labels (m,)."""
-        X = as_matrix(A).to(self.bases_.device)
+        X = self._fitted(A)
         return assign(X, self.bases_.to(X.dtype))[0]
 
     def transform(self, A, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Coordinates (m, j) of every row of ``A`` in its subspace (its closest, or ``labels``)."""
-        X = as_matrix(A).to(self.bases_.device)
+        X = self._fitted(A)
         if labels is None:
             labels = self.predict(X)
         return coordinates(X, self.bases_.to(X.dtype), labels)

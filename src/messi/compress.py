@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import __version__
+from . import checks
 from .errors import MessiError
 from .clustering import check_sample_weight
 from .factorize import (METHODS, check_rank, check_ratio, compression, messi_factorize, parameter_count,
@@ -85,18 +86,14 @@ def compress(model: nn.Module, method: str = "messi", ratio: float = 0.4, k: int
     """
     if method not in METHODS:
         raise MessiError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    check_ratio(ratio)
-    if method == "svd":
-        k = 1
-    if not isinstance(k, int) or k < 1:
-        raise MessiError(f"k must be an integer >= 1, got {k!r}")
+    ratio = check_ratio(ratio)
+    k = 1 if method == "svd" else checks.integer("k", k, 1)
+    seed = checks.seed("seed", seed)
+    n_init, max_iter = checks.integer("n_init", n_init, 1), checks.integer("max_iter", max_iter, 1)
     emb = _input_embedding(model)
     A = emb.weight.detach()
     n, d = A.shape
-    if rank is None:
-        rank = rank_for_ratio(n, d, k, ratio)
-    else:
-        check_rank(rank, d)
+    rank = rank_for_ratio(n, d, k, ratio) if rank is None else check_rank(rank, d)
     tied = _is_tied(model, emb)
     weights = check_sample_weight(row_weights, n)
     start = time.perf_counter()

@@ -7,6 +7,7 @@ Both return coordinates (n, j) and orthonormal bases (k, j, d) with k = 1 for SV
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -49,10 +50,11 @@ def compression(n: int, d: int, k: int, rank: int) -> float:
     return 1.0 - parameter_count(n, d, k, rank) / (n * d)
 
 
-def check_ratio(ratio: float) -> None:
-    """Raise MessiError unless 0 < ratio < 1."""
-    if not (isinstance(ratio, (int, float)) and 0.0 < ratio < 1.0):
+def check_ratio(ratio: float) -> float:
+    """``ratio`` as a float, or MessiError unless 0 < ratio < 1."""
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not 0.0 < float(ratio) < 1.0:
         raise MessiError(f"ratio must be strictly between 0 and 1 (e.g. 0.4 for -40%), got {ratio!r}")
+    return float(ratio)
 
 
 def rank_for_ratio(n: int, d: int, k: int, ratio: float) -> int:
@@ -117,7 +119,8 @@ def relative_error(A: torch.Tensor, approx: torch.Tensor, sample_weight=None) ->
     return float(err.sum() / ref.sum())
 
 
-def check_rank(rank, d: int) -> None:
-    """Raise MessiError unless rank is an integer in [1, d - 1]."""
-    if not isinstance(rank, int) or not 1 <= rank < d:
+def check_rank(rank, d: int) -> int:
+    """``rank`` as an int, or MessiError unless it is an integer in [1, d - 1]."""
+    if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or not 1 <= rank < d:
         raise MessiError(f"rank must be an integer in [1, {d - 1}] for hidden size {d}, got {rank!r}")
+    return int(rank)

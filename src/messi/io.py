@@ -105,6 +105,29 @@ def check_writable_target(path: str | os.PathLike, replace: bool = False, is_our
     return path
 
 
+def check_output_folder(path: str | os.PathLike) -> Path:
+    """A folder that results are added to (created if missing): MessiError, before any work,
+    if it is a file, sits under a file, or cannot be written."""
+    from .errors import MessiError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise MessiError(f"{path} is a file, not a folder; choose another --output-dir")
+    for p in [path, *path.parents]:
+        if p.exists():
+            if not p.is_dir():
+                raise MessiError(f"cannot create {path}: {p} is a file; choose another --output-dir")
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".probe.{os.getpid()}.", suffix=".tmp", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise MessiError(f"cannot write to {path} ({e.strerror}); choose a folder you can write to") from e
+    return path
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, replace: bool = True):
     """Yield a temporary folder beside ``path``; on success it becomes ``path`` in one rename.
@@ -123,6 +146,9 @@ def atomic_dir(path: str | os.PathLike, replace: bool = True):
     os.chmod(tmp, _default_mode(True))
     try:
         yield tmp
+        for f in tmp.rglob("*"):  # libraries may write 0600; give every file the umask's mode
+            if f.is_file() and not f.is_symlink():
+                os.chmod(f, _default_mode(False))
         if path.exists() or path.is_symlink():
             if not replace:
                 raise MessiError(f"{path} appeared while this run worked; it was left as it is and nothing "

@@ -55,3 +55,37 @@ def test_data_dir_resolution(tmp_path, monkeypatch):
         find_data_dir(tmp_path / "absent")
     with pytest.raises(MessiError, match="unknown GLUE task"):
         get_task("squad")
+
+
+# first two data rows of each dev file, read by hand with `head` (text_a, text_b, label id)
+HAND = {
+    "cola": [("The sailors rode the breeze clear of the rocks.", None, 1),
+             ("The weights made the rope stretch over the pulley.", None, 1)],
+    "sst2": [("it 's a charming and often affecting journey . ", None, 1),
+             ("unflinchingly bleak and desperate ", None, 0)],
+    "mrpc": [("He said the foodservice pie business doesn't fit the company's long-term growth strategy.",
+              '"The foodservice pie business does not fit our long-term growth strategy.', 1),
+             ("Magnarelli said Racicot hated the Iraqi regime and looked forward to using his long years of "
+              "training in the war.", 'His wife said he was "100 percent behind George Bush" and looked forward '
+              "to using his years of training in the war.", 0)],
+    "stsb": [("A man with a hard hat is dancing.", "A man wearing a hard hat is dancing.", 5.0),
+             ("A young child is riding a horse.", "A child is riding a horse.", 4.75)],
+    "rte": [("Dana Reeve, the widow of the actor Christopher Reeve, has died of lung cancer at age 44, according "
+             "to the Christopher Reeve Foundation.", "Christopher Reeve had an accident.", 1),
+            ("Yet, we now are discovering that antibiotics are losing their effectiveness against illness. "
+             "Disease-causing bacteria are mutating faster than we can come up with new antibiotics to fight the "
+             "new variations.", "Bacteria is winning the war against antibiotics.", 0)],
+    "wnli": [("The drain is clogged with hair. It has to be cleaned.", "The hair has to be cleaned.", 0),
+             ("Jane knocked on Susan's door but she did not answer.", "Susan did not answer.", 1)],
+    "qnli": [("What came into force after the new constitution was herald?",
+              "As of that day, the new constitution heralding the Second Republic came into force.", 0),
+             ("What is the first major city in the stream of the Rhine?",
+              "The most important tributaries in this area are the Ill below of Strasbourg, the Neckar in Mannheim "
+              "and the Main across from Mainz.", 1)],
+}
+
+
+@pytest.mark.parametrize("task", sorted(HAND))
+def test_columns_and_label_ids_match_rows_read_by_hand(task):
+    rows = read_split(task, "dev")[:2]
+    assert [(r.text_a, r.text_b, r.label) for r in rows] == HAND[task]

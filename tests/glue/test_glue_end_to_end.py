@@ -87,3 +87,48 @@ def test_sweep_resumes_after_interruption(tmp_path, monkeypatch):
     md_path, png_path, md = write_report(out)
     assert md_path.is_file() and png_path.stat().st_size > 1000
     assert "svd 50%" in md and "messi 50%" in md and "Without recovery" in md
+
+
+def test_recovery_epochs_are_the_ones_trained(tmp_path, monkeypatch):
+    """Recovery trains --recovery-epochs (here 2), not the base's epochs (1); calibrated MESSI
+    uses the task's own train text."""
+    trained = []
+    real_fine_tune = sweep_module.fine_tune
+
+    def spy(model, tokenizer, task, train, cfg, epochs=None):
+        trained.append(epochs if epochs is not None else cfg.epochs)
+        return real_fine_tune(model, tokenizer, task, train, cfg, epochs=epochs)
+
+    monkeypatch.setattr(sweep_module, "fine_tune", spy)
+    out = tmp_path / "sweep"
+    Sweep(out, ["wnli"], ["none", "messi+cal"], [0.5], 2, [0], cfg=TrainConfig(**TINY), recovery_epochs=2.0).run()
+    assert trained == [1.0, 2.0]  # the base, then the recovery
+    cell = json.loads((out / "wnli" / "seed-0" / "messi+cal-r0.5" / "metrics.json").read_text())
+    assert cell["epochs"] == 2.0 and cell["method"] == "messi+cal"
+    assert cell["calibration"]["sources"] == ["glue:wnli"] and cell["calibration"]["texts"] == 2 * 635
+
+
+def test_compress_first_protocol_end_to_end(tmp_path):
+    out = tmp_path / "cf"
+    Sweep(out, ["wnli"], ["none", "svd"], [0.5], 2, [0], cfg=TrainConfig(**TINY), recovery_epochs=1.0,
+          protocol="compress-first").run()
+    cell = json.loads((out / "wnli" / "seed-0" / "svd-r0.5" / "metrics.json").read_text())
+    assert cell["protocol"] == "compress-first" and cell["no_recovery"] is None
+    assert cell["epochs"] == 1.0 and 0 <= cell["metrics"]["accuracy"] <= 1
+    assert cell["embedding_params"] < 0.51 * 30522 * 384
+
+
+def test_fine_tuning_a_saved_compressed_folder(tmp_path):
+    import torch
+
+    import messi
+    from messi.glue.run import run_glue
+
+    folder = messi.save(messi.compress(messi.load_pretrained(), method="svd", ratio=0.5), tmp_path / "svd",
+                        tokenizer=messi.load_tokenizer())
+    before = messi.load(folder).get_input_embeddings().coords.detach().clone()
+    record = run_glue("wnli", tmp_path / "run", str(folder), "none", cfg=TrainConfig(**TINY))
+    assert record["embedding_params"] == 30522 * record["rank"] + record["rank"] * 384
+    assert record["method"] == "svd" and 0 <= record["metrics"]["accuracy"] <= 1
+    # the folder itself is untouched by training
+    assert torch.equal(messi.load(folder).get_input_embeddings().coords, before)

@@ -35,3 +35,30 @@ def test_stsb_pearson_spearman():
     hand = ((x - x.mean()) * (y - y.mean())).sum() / np.sqrt(((x - x.mean()) ** 2).sum() * ((y - y.mean()) ** 2).sum())
     assert m["pearson"] == pytest.approx(hand)
     assert glue_score({"pearson": 0.8, "spearman": 0.9}) == pytest.approx(85.0)
+
+
+def test_mrpc_f1_is_binary_f1_of_the_positive_class():
+    # asymmetric: labels 1,1,1,0,0,0 ; predictions 1,1,0,1,0,0 -> TP=2 FP=1 FN=1 TN=2
+    # positive-class F1 = 2*2/(2*2+1+1) = 4/6; macro F1 would be (4/6 + 4/6)/2 here too, so add a skew:
+    # labels 1,1,1,1,0,0 ; predictions 1,1,1,0,1,0 -> TP=3 FP=1 FN=1 TN=1
+    # positive F1 = 6/8 = 0.75; negative-class F1 = 2/4 = 0.5; macro 0.625; accuracy 4/6
+    pred = np.eye(2)[[1, 1, 1, 0, 1, 0]]
+    m = compute_metrics(get_task("mrpc"), pred, np.array([1, 1, 1, 1, 0, 0]))
+    assert m["f1"] == pytest.approx(0.75)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+
+
+def test_spearman_with_ties_by_hand():
+    # gold ranks with a tie: (1, 2.5, 2.5, 4); scores ranks (1, 2, 3, 4)
+    m = compute_metrics(get_task("stsb"), np.array([0.1, 0.2, 0.3, 0.4]), np.array([0.0, 1.0, 1.0, 3.0]))
+    r1, r2 = np.array([1, 2.5, 2.5, 4]), np.array([1, 2, 3, 4.0])
+    hand = ((r1 - r1.mean()) * (r2 - r2.mean())).sum() / np.sqrt(((r1 - r1.mean()) ** 2).sum() * ((r2 - r2.mean()) ** 2).sum())
+    assert m["spearman"] == pytest.approx(hand)
+
+
+def test_matthews_on_an_asymmetric_matrix():
+    # labels 1,1,1,0,0 ; predictions 1,0,0,0,0 -> TP=1 FN=2 TN=2 FP=0
+    m = compute_metrics(get_task("cola"), np.eye(2)[[1, 0, 0, 0, 0]], np.array([1, 1, 1, 0, 0]))
+    tp, tn, fp, fn = 1, 2, 0, 2
+    hand = (tp * tn - fp * fn) / np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    assert m["matthews"] == pytest.approx(hand)

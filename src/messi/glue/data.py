@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ class Task:
     labels: tuple[str, ...] | None  # class names in label-id order; None for regression
     metrics: tuple[str, ...]
     dev_file: str = "dev.tsv"
+    columns: int | None = None  # columns a row has (checked with --strict); None: not fixed
 
     @property
     def num_labels(self) -> int:
@@ -37,13 +39,13 @@ class Task:
 
 
 TASKS = {t.name: t for t in [
-    Task("cola", "CoLA", 3, None, 1, False, ("0", "1"), ("matthews",)),
-    Task("sst2", "SST-2", 0, None, 1, True, ("0", "1"), ("accuracy",)),
-    Task("mrpc", "MRPC", 3, 4, 0, True, ("0", "1"), ("f1", "accuracy")),
-    Task("stsb", "STS-B", 7, 8, 9, True, None, ("pearson", "spearman")),
-    Task("rte", "RTE", 1, 2, 3, True, ("entailment", "not_entailment"), ("accuracy",)),
-    Task("wnli", "WNLI", 1, 2, 3, True, ("0", "1"), ("accuracy",)),
-    Task("qnli", "QNLI", 1, 2, 3, True, ("entailment", "not_entailment"), ("accuracy",)),
+    Task("cola", "CoLA", 3, None, 1, False, ("0", "1"), ("matthews",), columns=4),
+    Task("sst2", "SST-2", 0, None, 1, True, ("0", "1"), ("accuracy",), columns=2),
+    Task("mrpc", "MRPC", 3, 4, 0, True, ("0", "1"), ("f1", "accuracy"), columns=5),
+    Task("stsb", "STS-B", 7, 8, 9, True, None, ("pearson", "spearman"), columns=10),
+    Task("rte", "RTE", 1, 2, 3, True, ("entailment", "not_entailment"), ("accuracy",), columns=4),
+    Task("wnli", "WNLI", 1, 2, 3, True, ("0", "1"), ("accuracy",), columns=4),
+    Task("qnli", "QNLI", 1, 2, 3, True, ("entailment", "not_entailment"), ("accuracy",), columns=4),
     Task("mnli", "MNLI", 8, 9, -1, True, ("contradiction", "entailment", "neutral"), ("accuracy",),
          dev_file="dev_matched.tsv"),
     Task("qqp", "QQP", 3, 4, 5, True, ("0", "1"), ("f1", "accuracy")),
@@ -98,31 +100,56 @@ def available_tasks(data_dir: Path) -> list[str]:
             if (data_dir / t.folder / "train.tsv").is_file() and (data_dir / t.folder / t.dev_file).is_file()]
 
 
+class Rows(list):
+    """The examples of a split; ``skipped`` counts rows left out because they did not parse."""
+
+    skipped: int = 0
+
+
+def _lines(path: Path, strict: bool, bad: list[str]):
+    """(line number, decoded line) of a UTF-8 file; a line that is not UTF-8 is reported."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                yield number, raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                problem = f"{path}:{number}: not UTF-8 (byte {e.start})"
+                if strict:
+                    raise MessiError(problem + "; convert the file to UTF-8 or drop --strict") from e
+                bad.append(problem)
+
+
 def read_split(task: Task | str, split: str, data_dir: str | os.PathLike | None = None,
-               strict: bool = False) -> list[Example]:
+               strict: bool = False) -> Rows:
     """All rows of ``split`` ("train" or "dev") of ``task``.
 
-    A row that does not parse (too few columns, unknown label) is reported with file and line
-    as a warning and left out, or raises MessiError when ``strict``.
+    A row that does not parse (not UTF-8, too few or, with ``strict``, too many columns, an
+    unknown label) is reported as ``FILE:LINE: problem`` in a warning and left out (counted in
+    ``Rows.skipped``), or raises MessiError when ``strict``. A split with no usable row raises.
     """
     task = get_task(task) if isinstance(task, str) else task
     path = task_file(task, split, find_data_dir(data_dir))
     label_ids = None if task.labels is None else {name: i for i, name in enumerate(task.labels)}
-    examples, bad = [], []
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        for line, row in enumerate(rows, start=1):
-            if task.header and line == 1:
-                continue
-            try:
-                examples.append(_parse(task, row, label_ids))
-            except (IndexError, KeyError, ValueError) as e:
-                problem = f"{path}:{line}: cannot parse row ({type(e).__name__}: {e})"
-                if strict:
-                    raise MessiError(problem + "; fix the file or drop --strict") from e
-                bad.append(problem)
+    examples, bad = Rows(), []
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # GLUE fields can be long; never crash on one
+    for line, text in _lines(path, strict, bad):
+        if task.header and line == 1:
+            continue
+        row = next(csv.reader([text], delimiter="\t", quoting=csv.QUOTE_NONE), [])
+        try:
+            if strict and task.columns is not None and len(row) != task.columns:
+                raise ValueError(f"{len(row)} columns, expected {task.columns}")
+            examples.append(_parse(task, row, label_ids))
+        except (IndexError, KeyError, ValueError) as e:
+            problem = f"{path}:{line}: cannot parse row ({type(e).__name__}: {e})"
+            if strict:
+                raise MessiError(problem + "; fix the file or drop --strict") from e
+            bad.append(problem)
     for problem in bad:
         warnings.warn(problem + "; row skipped", stacklevel=2)
+    examples.skipped = len(bad)
+    if not examples:
+        raise MessiError(f"{path} has no usable row ({len(bad)} skipped); check the file")
     return examples
 
 

@@ -13,7 +13,16 @@ from .metrics import glue_score
 
 def load_records(sweep_dir: Path) -> list[dict]:
     """Every cell's metrics.json under ``sweep_dir``."""
-    records = [json.loads(p.read_text()) for p in sorted(Path(sweep_dir).glob("*/seed-*/*/metrics.json"))]
+    records = []
+    for path in sorted(Path(sweep_dir).glob("*/seed-*/*/metrics.json")):
+        try:
+            record = json.loads(path.read_text())
+            missing = [k for k in ("task", "method", "ratio", "metrics", "embedding_params") if k not in record]
+        except (OSError, ValueError, TypeError) as e:
+            raise MessiError(f"{path} is corrupt ({e}); delete it and rerun `messi sweep` to redo that cell") from e
+        if missing:
+            raise MessiError(f"{path} lacks {', '.join(missing)}; delete it and rerun `messi sweep` to redo that cell")
+        records.append(record)
     if not records:
         raise MessiError(f"{sweep_dir} holds no metrics.json; run `messi sweep --output-dir {sweep_dir}` first")
     return records
@@ -208,8 +217,8 @@ def _plot(scores, params, tasks, path: Path, drops, columns: list[str]) -> None:
 
 
 def _color(method: str) -> str:
-    """One colour per method in both panels: SVD blue, MESSI orange."""
-    return {"svd": "C0", "messi": "C1"}.get(method, "C2")
+    """One colour per method in both panels: SVD blue, MESSI orange, calibrated green / red."""
+    return {"svd": "C0", "messi": "C1", "svd+cal": "C2", "messi+cal": "C3"}.get(method, "C4")
 
 
 def _plot_drops(ax, drops, columns: list[str], tasks: list[str]) -> None:

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from ..compress import compress
 from ..errors import MessiError
-from ..io import write_json
+from ..io import check_output_folder, write_json
 from .data import get_task, read_split
-from .train import TrainConfig, evaluate, fine_tune, load_classifier, run_record, subsample, tokenizer_for
+from .train import (TrainConfig, evaluate, fine_tune, load_classifier, max_positions, run_record, subsample,
+                    tokenizer_for)
 
 METHOD_CHOICES = ("none", "svd", "messi")
 
@@ -23,10 +24,13 @@ def run_glue(task_name: str, output_dir: str | Path, model_ref=None, method: str
     if method not in METHOD_CHOICES:
         raise MessiError(f"--method must be one of {', '.join(METHOD_CHOICES)}, got {method!r}")
     task = get_task(task_name)
-    train = subsample(read_split(task, "train", data_dir, strict), cfg.max_train_samples, cfg.seed)
-    dev = subsample(read_split(task, "dev", data_dir, strict), cfg.max_eval_samples, cfg.seed)
-    start = time.perf_counter()
+    check_output_folder(output_dir)
     tokenizer = tokenizer_for(model_ref)
+    cfg.validate(max_positions(model_ref, tokenizer))
+    train_rows, dev_rows = read_split(task, "train", data_dir, strict), read_split(task, "dev", data_dir, strict)
+    train = subsample(train_rows, cfg.max_train_samples, cfg.seed)
+    dev = subsample(dev_rows, cfg.max_eval_samples, cfg.seed)
+    start = time.perf_counter()
     model = load_classifier(model_ref, task)
     if method != "none":
         compress(model, method=method, ratio=ratio, k=k, seed=cfg.seed, verbose=True)
@@ -36,6 +40,7 @@ def run_glue(task_name: str, output_dir: str | Path, model_ref=None, method: str
     record = run_record(task, info.get("method", method), info.get("ratio", 0.0), model, cfg,
                         metrics=metrics, train_samples=len(train), eval_samples=len(dev),
                         epochs=cfg.epochs, seconds=time.perf_counter() - start,
-                        model=str(model_ref or "minilm"))
+                        model=str(model_ref or "minilm"),
+                        skipped_rows={"train": train_rows.skipped, "dev": dev_rows.skipped})
     write_json(Path(output_dir) / "metrics.json", record)
     return record

@@ -19,6 +19,7 @@ from pathlib import Path
 import transformers
 from tqdm.auto import tqdm
 
+from ..calibration import calibrate
 from ..compress import compress
 from ..errors import MessiError
 from ..io import atomic_dir, write_json
@@ -26,6 +27,8 @@ from .data import get_task, read_split
 from .train import TrainConfig, evaluate, fine_tune, load_classifier, run_record, subsample, tokenizer_for
 
 PROTOCOLS = ("paper", "compress-first")
+#: Methods a sweep knows; "+cal" ones weigh the embedding rows by the task's own train text.
+METHODS = ("none", "svd", "messi", "svd+cal", "messi+cal")
 
 
 def cell_name(method: str, ratio: float) -> str:
@@ -33,11 +36,19 @@ def cell_name(method: str, ratio: float) -> str:
     return "none" if method == "none" else f"{method}-r{ratio:g}"
 
 
+#: Keys every finished cell's metrics.json has; a file without them is redone.
+REQUIRED = ("task", "method", "metrics")
+
+
 def _read(path: Path) -> dict | None:
+    """A finished cell's record, or None when it is missing, corrupt or incomplete."""
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
         return None
+    if not isinstance(record, dict) or any(key not in record for key in REQUIRED):
+        return None
+    return record
 
 
 class Sweep:
@@ -48,9 +59,9 @@ class Sweep:
                  protocol="paper", data_dir=None, strict=False):
         if protocol not in PROTOCOLS:
             raise MessiError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
-        bad = [m for m in methods if m not in ("none", "svd", "messi")]
+        bad = [m for m in methods if m not in METHODS]
         if bad:
-            raise MessiError(f"unknown method(s) {', '.join(bad)}; use none, svd, messi")
+            raise MessiError(f"unknown method(s) {', '.join(bad)}; use {', '.join(METHODS)}")
         self.out = Path(output_dir)
         self.tasks = [get_task(t) for t in tasks]
         self.methods, self.ratios, self.k, self.seeds = list(methods), list(ratios), k, list(seeds)
@@ -76,7 +87,7 @@ class Sweep:
             for task, seed, method, ratio in cells:
                 target = self.out / task.name / f"seed-{seed}" / cell_name(method, ratio) / "metrics.json"
                 bar.set_postfix_str(f"{task.name} seed {seed} {cell_name(method, ratio)}")
-                if not target.is_file():
+                if _read(target) is None:  # missing, or corrupt: (re)do it
                     self._run_cell(task, seed, method, ratio, target)
                 bar.update(1)
         return self.out
@@ -115,11 +126,11 @@ class Sweep:
             return
         if self.protocol == "compress-first":  # compress the pretrained model, then fine-tune
             model, tokenizer = load_classifier(self.model_ref, task), tokenizer_for(self.model_ref)
-            compress(model, method=method, ratio=ratio, k=self.k, seed=seed, verbose=True)
+            self._compress(model, tokenizer, task, method, ratio, seed)
             before, epochs = None, cfg.epochs
         else:  # compress the fine-tuned model, evaluate as is, then recover
             model, tokenizer, _ = self._base(task, seed)
-            compress(model, method=method, ratio=ratio, k=self.k, seed=seed, verbose=True)
+            self._compress(model, tokenizer, task, method, ratio, seed)
             before, epochs = evaluate(model, tokenizer, task, dev, cfg), self.recovery_epochs
         fine_tune(model, tokenizer, task, train, cfg, epochs=epochs)
         record = run_record(task, method, ratio, model, cfg, protocol=self.protocol,
@@ -127,6 +138,17 @@ class Sweep:
                          reference=reference["metrics"], train_samples=len(train),
                          eval_samples=len(dev), epochs=epochs, seconds=time.perf_counter() - start)
         write_json(target, record)
+
+    def _compress(self, model, tokenizer, task, method: str, ratio: float, seed: int) -> None:
+        """Compress in place; "+cal" methods weigh rows by the tokens of the task's train texts."""
+        base, calibrated = method.removesuffix("+cal"), method.endswith("+cal")
+        weights = record = None
+        if calibrated:
+            cal = calibrate(tokenizer, [f"glue:{task.name}"], model.get_input_embeddings().num_embeddings,
+                            self.data_dir)
+            weights, record = cal.weights, cal.record()
+        compress(model, method=base, ratio=ratio, k=self.k, seed=seed, verbose=True, row_weights=weights,
+                 calibration=record)
 
     def _reference(self, task, seed, cfg, dev) -> dict:
         """The uncompressed fine-tuned model's metrics (the ``none`` cell), computed once; the

@@ -17,6 +17,7 @@ import transformers
 from torch import nn
 
 from ..compress import _install, is_messi_folder, load, load_tokenizer
+from .. import checks
 from ..errors import MessiError
 from ..models import _from_pretrained, _new_weights, _summary, resolve_model
 from .data import Example, Task
@@ -34,6 +35,17 @@ class TrainConfig:
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     seed: int = 42
+
+    def validate(self, max_positions: int | None = None) -> "TrainConfig":
+        """MessiError naming the first bad option (finite, in range, fits), before any work."""
+        checks.real("--epochs", self.epochs, 0, 1e6, low_open=True)
+        checks.real("--learning-rate", self.learning_rate, 0, 1.0, low_open=True)
+        checks.integer("--batch-size", self.batch_size, 1, 1 << 16)
+        checks.integer("--max-seq-length", self.max_seq_length, 8, max_positions)
+        checks.optional_count("--max-train-samples", self.max_train_samples)
+        checks.optional_count("--max-eval-samples", self.max_eval_samples)
+        checks.seed("--seed", self.seed)
+        return self
 
 
 #: Named settings: "hf" is run_glue's recipe, "cpu" fits a 2-core laptop (short sequences,
@@ -177,6 +189,15 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return emb, sum(p.numel() for p in model.parameters())
 
 
+def max_positions(model_ref, tokenizer) -> int | None:
+    """The longest input the model takes: the tokenizer's model_max_length when it is a real
+    limit (sentence-transformers folders lower it), else config.json's position count."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < 1_000_000:
+        return limit
+    return None
+
+
 def tokenizer_for(model_ref):
     """The tokenizer stored with the model, or MessiError if there is none."""
     tok = load_tokenizer(model_ref)
@@ -191,5 +212,6 @@ def run_record(task: Task, method: str, ratio: float, net: nn.Module, cfg: Train
     info = getattr(net, "messi_config", None) or {}
     return {"task": task.name, "method": method, "ratio": ratio if method != "none" else 0.0,
             "compression": info.get("compression", 0.0), "k": info.get("k"), "rank": info.get("rank"),
-            "rel_error": info.get("rel_error"), "embedding_params": emb, "total_params": total,
+            "rel_error": info.get("rel_error"), "calibration": info.get("calibration"),
+            "embedding_params": emb, "total_params": total,
             "seed": cfg.seed, "config": asdict(cfg), **extra}
