@@ -46,42 +46,44 @@ def calibration_counts(model) -> "torch.Tensor":
 
 
 def select(args) -> None:
-    """Grid over k and the weighting's power on train pairs; prints the winner per method."""
+    """Grid over k and the weighting (alpha, power) on train pairs; prints the winners."""
     study = Study(None, train_pairs(), RESULTS / "sts_select.json", n_init=args.n_init)
-    ratios, powers = (0.6, 0.8), (0.25, 0.5, 0.75, 1.0)
-    settings = [Setting("svd", r, 1, OTHER, 1.0, p) for r in ratios for p in powers]
-    settings += [Setting("messi", r, k, OTHER, 1.0, p) for k in (3, 5) for r in ratios for p in powers]
-    settings += [Setting("svd", r) for r in ratios] + [Setting("messi", r, k) for k in (3, 5) for r in ratios]
-    records = study.run(settings)
+    ratios = (0.6, 0.8)
+    rules = [(1.0, p) for p in (0.25, 0.5, 0.75, 1.0)] + [(a, 1.0) for a in (10.0, 100.0)]
+    methods = (("svd", 1), ("messi", 3), ("messi", 5))
+    settings = [Setting(m, r, k, OTHER, a, p) for m, k in methods for r in ratios for a, p in rules]
+    settings += [Setting(m, r, k) for m, k in methods for r in ratios]
+    records = {r["key"]: r for r in study.run(settings)}
     ref = study.uncompressed()
     console.print(f"STS-B train subset ({len(study.pairs[2])} pairs), uncompressed {ref['spearman']:.2f}")
-    best = {}
-    for (method, k) in (("svd", 1), ("messi", 3), ("messi", 5)):
-        for p in powers + (None,):
-            rows = [r for r in records if r["method"] == method and r["k"] == k
-                    and (r["power"] == p if p is not None else not r["calibration"])]
-            rows = [r for r in rows if (p is None) != bool(r["calibration"])]
+    means = {}
+    for m, k in methods:
+        for rule in rules + [None]:
+            rows = [records[Setting(m, r, k, OTHER, *rule).key if rule else Setting(m, r, k).key] for r in ratios]
             mean = statistics.mean(r["spearman"] for r in rows)
-            tag = f"power {p}" if p is not None else "unweighted"
-            console.print(f"{method} k={k} {tag}: " + ", ".join(f"{r['ratio']:.0%} {r['spearman']:.2f}" for r in rows)
+            tag = f"alpha {rule[0]:g} power {rule[1]:g}" if rule else "unweighted"
+            console.print(f"{m} k={k} {tag}: " + ", ".join(f"{r['ratio']:.0%} {r['spearman']:.2f}" for r in rows)
                           + f"  mean {mean:.2f}")
-            if p is not None and mean > best.get((method, k), (None, -1))[1]:
-                best[(method, k)] = (p, mean)
-    for (method, k), (p, mean) in best.items():
-        console.print(f"best weighting for {method} k={k}: power {p} (mean train Spearman {mean:.2f})")
+            if rule:
+                means[(m, k, rule)] = mean
+    overall = {rule: statistics.mean(means[(m, k, rule)] for m, k in methods) for rule in rules}
+    best_rule = max(overall, key=overall.get)
+    console.print("mean over methods per rule: " + ", ".join(f"a{a:g} p{p:g} {v:.2f}" for (a, p), v in overall.items()))
+    best_k = max((k for m, k in methods if m == "messi"), key=lambda k: means[("messi", k, best_rule)])
+    console.print(f"default weighting: alpha {best_rule[0]:g}, power {best_rule[1]:g}; default k: {best_k}")
 
 
 def curve(args) -> None:
     """The reported curve on dev, with the defaults chosen by ``select``."""
     reference = calibration_counts(None)
     study = Study(None, sts_pairs("dev"), RESULTS / "sts_curve.json", reference_counts=reference, n_init=args.n_init)
-    ratios = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-    p = args.power
-    settings = [Setting("svd", r) for r in ratios] + [Setting("svd", r, 1, OTHER, 1.0, p) for r in ratios]
+    ratios = (0.2, 0.4, 0.6, 0.8, 0.9)
+    a, p = args.alpha, args.power
+    settings = [Setting("svd", r) for r in ratios] + [Setting("svd", r, 1, OTHER, a, p) for r in ratios]
     for k in (2, 3, 5, 8):
-        settings += [Setting("messi", r, k) for r in ratios] + [Setting("messi", r, k, OTHER, 1.0, p) for r in ratios]
-    in_domain = [Setting("svd", r, 1, IN_DOMAIN, 1.0, p) for r in (0.4, 0.6, 0.8)]
-    in_domain += [Setting("messi", r, args.k, IN_DOMAIN, 1.0, p) for r in (0.4, 0.6, 0.8)]
+        settings += [Setting("messi", r, k) for r in ratios] + [Setting("messi", r, k, OTHER, a, p) for r in ratios]
+    in_domain = [Setting("svd", r, 1, IN_DOMAIN, a, p) for r in (0.4, 0.6, 0.8)]
+    in_domain += [Setting("messi", r, args.k, IN_DOMAIN, a, p) for r in (0.4, 0.6, 0.8)]
     records = study.run(settings + in_domain)
     ref = study.uncompressed()
     main = records[: len(settings)]
@@ -92,7 +94,7 @@ def curve(args) -> None:
     console.print("rel_error of rows unseen / seen in the 'other' calibration text:")
     console.print(table([r for r in main if r["method"] == "svd" or r["k"] == args.k], ref,
                         columns=("unseen_rel_error", "seen_rel_error")))
-    shown = [r for r in main if r["method"] == "svd" or r["k"] in (3, 5)]
+    shown = [r for r in main if r["method"] == "svd" or r["k"] == args.k]
     plot(shown, ref, RESULTS / "sts_curve.png", "all-MiniLM-L6-v2: zero-shot STS-B dev vs embedding size")
 
 
@@ -100,9 +102,9 @@ def mpnet(args) -> None:
     """all-mpnet-base-v2 at 40/60/80%."""
     counts = calibration_counts("mpnet")
     study = Study("mpnet", sts_pairs("dev"), RESULTS / "sts_mpnet.json", reference_counts=counts, n_init=args.n_init)
-    ratios, p = (0.4, 0.6, 0.8), args.power
-    settings = [Setting("svd", r) for r in ratios] + [Setting("svd", r, 1, OTHER, 1.0, p) for r in ratios]
-    settings += [Setting("messi", r, args.k) for r in ratios] + [Setting("messi", r, args.k, OTHER, 1.0, p) for r in ratios]
+    ratios, a, p = (0.4, 0.6, 0.8), args.alpha, args.power
+    settings = [Setting("svd", r) for r in ratios] + [Setting("svd", r, 1, OTHER, a, p) for r in ratios]
+    settings += [Setting("messi", r, args.k) for r in ratios] + [Setting("messi", r, args.k, OTHER, a, p) for r in ratios]
     records = study.run(settings)
     ref = study.uncompressed()
     console.print(f"all-mpnet-base-v2, STS-B dev, uncompressed {ref['spearman']:.2f}")
@@ -112,11 +114,12 @@ def mpnet(args) -> None:
 
 
 def main() -> None:
-    from messi.calibration import DEFAULT_POWER
+    from messi.calibration import DEFAULT_ALPHA, DEFAULT_POWER
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stage", choices=("select", "curve", "mpnet"))
     parser.add_argument("--n-init", type=int, default=4, help="clustering restarts (messi compress default: 4)")
+    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="weighting alpha for the curve")
     parser.add_argument("--power", type=float, default=DEFAULT_POWER, help="weighting power for the curve")
     parser.add_argument("--k", type=int, default=5, help="MESSI k for in-domain and mpnet rows")
     args = parser.parse_args()

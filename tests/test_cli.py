@@ -105,7 +105,8 @@ def test_calibrated_compress_then_eval_sts(tmp_path):
     cal = info["calibration"]
     assert cal["sources"] == ["glue:rte", "glue:wnli"]
     assert cal["texts"] == 2 * 2490 + 2 * 635
-    assert cal["weighting"]["alpha"] == 1.0 and cal["weighting"]["power"] == 0.5
+    from messi.calibration import DEFAULT_ALPHA, DEFAULT_POWER
+    assert cal["weighting"]["alpha"] == DEFAULT_ALPHA and cal["weighting"]["power"] == DEFAULT_POWER
     assert 0 < info["weighted_rel_error"] < info["rel_error"]
     assert (out / "modules.json").is_file()
     scored = run("eval-sts", out, "--json")

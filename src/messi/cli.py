@@ -19,8 +19,9 @@ from .models import DEFAULT_MODEL
 app = typer.Typer(help="Compress the embedding layer of Hugging Face models with projective clustering (MESSI).",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 console = Console()
-#: MESSI's number of subspaces when --k is not given (chosen on STS-B train pairs: docs/benchmarks.md).
-DEFAULT_K = 3
+#: MESSI's number of subspaces when --k is not given: the best k (3 or 5) under the default
+#: calibration on STS-B train pairs (benchmarks/sts_curve.py select; docs/benchmarks.md).
+DEFAULT_K = 5
 MODEL_HELP = f"Model folder (Hugging Face or messi) or built-in name; default {DEFAULT_MODEL} (all-MiniLM-L6-v2)."
 
 
@@ -292,8 +293,9 @@ def demo(
     output_dir.mkdir(parents=True, exist_ok=True)
     study = Study(None, pairs, output_dir / "sts.json", data_dir=data_dir)
     records = study.run(demo_settings(DEFAULT_K))
-    notes = ("Calibrated: embedding rows weighted by (count + 1) ** 0.5, counts of the SST-2, CoLA, MRPC "
-             "and RTE train texts. Made by `messi demo`; every cell is in sts.json.")
+    notes = (f"Calibrated: embedding rows weighted by (count + {DEFAULT_ALPHA:g}) ** {DEFAULT_POWER:g}, counts "
+             f"of the SST-2, CoLA, MRPC and RTE train texts. MESSI: k = {DEFAULT_K}. Made by `messi demo`; "
+             "every cell is in sts.json.")
     md_path, png_path, md = write_report(records, study.uncompressed(), output_dir,
                                          "all-MiniLM-L6-v2: zero-shot STS-B vs embedding compression", notes)
     console.print(md)
