@@ -132,9 +132,11 @@ def test_leftovers_of_dead_runs_are_cleaned(tmp_path):
     old.write_text("x")
     alive = tmp_path / f".out.{os.getpid()}.live.tmp"  # ours, still running: kept
     alive.mkdir()
+    users = tmp_path / f".out.{pid}"  # looks alike, but messi never makes such a name: kept
+    users.write_text("mine")
     removed = clean_stale(tmp_path / "out")
     assert set(removed) == {stale, old}
-    assert alive.exists() and not stale.exists() and not old.exists()
+    assert alive.exists() and users.exists() and not stale.exists() and not old.exists()
 
 
 def test_info_exits_2_on_a_broken_folder(folder):

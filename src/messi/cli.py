@@ -241,7 +241,7 @@ def sweep(
     model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
     protocol: str = typer.Option("paper", "--protocol",
                                  help="paper: fine-tune, compress, evaluate, recover; compress-first: compress, then fine-tune."),
-    recovery_epochs: float = typer.Option(2.0, "--recovery-epochs", help="Fine-tuning epochs after compression (paper: 2)."),
+    recovery_epochs: float = typer.Option(2.0, "--recovery-epochs", help="Fine-tuning epochs after compression (paper: 2; 0: evaluate the compressed model only)."),
     epochs: Optional[float] = EPOCHS, learning_rate: Optional[float] = LR, batch_size: Optional[int] = BATCH,
     max_seq_length: Optional[int] = MAXLEN, max_train_samples: Optional[int] = MAXTRAIN,
     max_eval_samples: Optional[int] = MAXEVAL, preset: str = PRESET,

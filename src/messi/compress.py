@@ -169,7 +169,11 @@ def _save_weights(model: nn.Module, file: Path) -> None:
 
 
 def _load_weights(model: nn.Module, file: Path) -> None:
-    """Load what ``_save_weights`` wrote, strictly: every name of the model must be there."""
+    """Load what ``_save_weights`` wrote, strictly: every name of the model must be there.
+
+    The file's tensors become the model's (``assign``: parameters built on the meta device are
+    never materialised first), and names saved as aliases of one tensor are tied again.
+    """
     from safetensors import safe_open
 
     with safe_open(str(file), framework="pt") as f:
@@ -177,7 +181,14 @@ def _load_weights(model: nn.Module, file: Path) -> None:
     state = load_file(str(file))
     for name, target in aliases.items():
         state[name] = state[target]
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True, assign=True)
+    for name, target in aliases.items():  # one tensor under several names: one object again
+        owner, _, attr = name.rpartition(".")
+        t_owner, _, t_attr = target.rpartition(".")
+        setattr(model.get_submodule(owner), attr, getattr(model.get_submodule(t_owner), t_attr))
+    left = [n for n, p in model.named_parameters() if p.is_meta]
+    if left:
+        raise MessiError(f"{file} lacks {', '.join(left[:3])}; re-run `messi compress`")
 
 
 def save(model: nn.Module, path: str | os.PathLike, tokenizer=None, extra: dict | None = None,
@@ -237,13 +248,18 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None) -> n
     except (OSError, ValueError) as e:
         raise MessiError(f"{path}/config.json is missing or corrupt ({e}); re-run `messi compress`") from e
     check_config(info, config, path)
-    model = _model_class(info["model_class"])(config)
+    from accelerate import init_empty_weights
+
     n, d, j, k, pad = (info["num_embeddings"], info["embedding_dim"], info["rank"], info["k"],
                        info.get("padding_idx"))
-    if info["method"] == "svd":
-        layer = FactorizedEmbedding(n, d, j, pad)
-    else:
-        layer = ProjectiveEmbedding(n, d, j, k, pad)
+    # parameters on the meta device: the full (n, d) table is never allocated, only what the
+    # file holds is (buffers such as position ids are built for real)
+    with init_empty_weights(include_buffers=False):
+        model = _model_class(info["model_class"])(config)
+        if info["method"] == "svd":
+            layer = FactorizedEmbedding(n, d, j, pad)
+        else:
+            layer = ProjectiveEmbedding(n, d, j, k, pad)
     tied = info.get("tied_output", False)
     if tied and getattr(model, "get_output_embeddings", lambda: None)() is None:
         raise MessiError(f"{path}/messi.json says the output head is tied, but {info['model_class']} has no "

@@ -62,10 +62,12 @@ def clean_stale(path: str | os.PathLike) -> list[Path]:
     removed = []
     if not path.parent.is_dir():
         return removed
-    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(?:old-)?(\d+)(?:\..*\.tmp)?$")
+    # only names messi makes: .NAME.old-PID and .NAME.PID.<random>.tmp
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(?:old-(\d+)|(\d+)\.[^.]+\.tmp)$")
     for entry in path.parent.iterdir():
         m = pattern.match(entry.name)
-        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+        pid = int(m.group(1) or m.group(2)) if m else None
+        if pid is not None and pid != os.getpid() and not _pid_alive(pid):
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
@@ -90,19 +92,27 @@ def check_writable_target(path: str | os.PathLike, replace: bool = False, is_our
         if is_ours is not None and not is_ours(path):
             raise MessiError(f"{path} was not written by messi (no messi.json); --overwrite refuses to delete "
                              "it. Choose another folder")
-    parent = path.parent
-    for p in [parent, *parent.parents]:
+    _ensure_writable_folder(path.parent, path)
+    return path
+
+
+def _ensure_writable_folder(folder: Path, target: Path) -> None:
+    """Create ``folder`` (for ``target``) and prove it writable with a probe file, or MessiError:
+    a file where a folder should be, or no permission."""
+    from .errors import MessiError
+
+    for p in [folder, *folder.parents]:
         if p.exists():
             if not p.is_dir():
-                raise MessiError(f"cannot create {path}: {p} is a file, not a folder; choose another output path")
+                raise MessiError(f"cannot create {target}: {p} is a file, not a folder; choose another output path")
             break
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        probe = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=parent))
-        probe.rmdir()
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".probe.{os.getpid()}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
-        raise MessiError(f"cannot write to {parent} ({e.strerror}); choose a folder you can write to") from e
-    return path
+        raise MessiError(f"cannot write to {folder} ({e.strerror}); choose a folder you can write to") from e
 
 
 def check_output_folder(path: str | os.PathLike) -> Path:
@@ -113,18 +123,7 @@ def check_output_folder(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise MessiError(f"{path} is a file, not a folder; choose another --output-dir")
-    for p in [path, *path.parents]:
-        if p.exists():
-            if not p.is_dir():
-                raise MessiError(f"cannot create {path}: {p} is a file; choose another --output-dir")
-            break
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=f".probe.{os.getpid()}.", suffix=".tmp", dir=path)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise MessiError(f"cannot write to {path} ({e.strerror}); choose a folder you can write to") from e
+    _ensure_writable_folder(path, path)
     return path
 
 

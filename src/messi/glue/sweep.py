@@ -132,9 +132,13 @@ class Sweep:
             model, tokenizer, _ = self._base(task, seed)
             self._compress(model, tokenizer, task, method, ratio, seed)
             before, epochs = evaluate(model, tokenizer, task, dev, cfg), self.recovery_epochs
-        fine_tune(model, tokenizer, task, train, cfg, epochs=epochs)
+        if epochs > 0:
+            fine_tune(model, tokenizer, task, train, cfg, epochs=epochs)
+            after = evaluate(model, tokenizer, task, dev, cfg)
+        else:  # --recovery-epochs 0: the compressed model as is
+            after = before if before is not None else evaluate(model, tokenizer, task, dev, cfg)
         record = run_record(task, method, ratio, model, cfg, protocol=self.protocol,
-                         metrics=evaluate(model, tokenizer, task, dev, cfg), no_recovery=before,
+                         metrics=after, no_recovery=before,
                          reference=reference["metrics"], train_samples=len(train),
                          eval_samples=len(dev), epochs=epochs, seconds=time.perf_counter() - start)
         write_json(target, record)

@@ -1,0 +1,80 @@
+"""Peak memory of loading a model: the original against its compressed folders.
+
+Each load runs in a fresh process (peak RSS from getrusage), side by side in one run:
+
+    python benchmarks/load_memory.py                 # all-MiniLM-L6-v2
+    python benchmarks/load_memory.py --model mpnet   # after `messi fetch-model mpnet`
+
+Writes benchmarks/results/load_memory[_mpnet].json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+RESULTS = Path(__file__).parent / "results"
+
+CHILD = """
+import json, resource, sys, time
+import torch, messi
+start = time.perf_counter()
+model = messi.load(sys.argv[2]) if sys.argv[1] == "messi" else messi.load_pretrained(sys.argv[2])
+seconds = time.perf_counter() - start
+params = sum(p.numel() for p in model.parameters())
+print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "seconds": seconds, "params": params}))
+"""
+
+BASELINE = """
+import json, resource
+import torch, transformers, messi
+print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def measure(kind: str, ref: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, kind, ref], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    import messi
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--ratios", default="0.4,0.8")
+    args = parser.parse_args()
+    rows = []
+    base = json.loads(subprocess.run([sys.executable, "-c", BASELINE], capture_output=True, text=True,
+                                     check=True).stdout.strip().splitlines()[-1])
+    rows.append({"model": "python + torch + transformers imported", **base, "seconds": 0.0, "params": 0})
+    rows.append({"model": f"original ({args.model})", **measure("original", args.model)})
+    with tempfile.TemporaryDirectory() as tmp:
+        for ratio in [float(r) for r in args.ratios.split(",")]:
+            for method in ("svd", "messi"):
+                model = messi.compress(messi.load_pretrained(args.model), method=method, ratio=ratio, k=5,
+                                       n_init=1, max_iter=5)
+                folder = messi.save(model, Path(tmp) / f"{method}{ratio}")
+                rows.append({"model": f"{method} {ratio:.0%}", **measure("messi", str(folder))})
+    table = Table(title=f"peak RSS of loading ({args.model})")
+    for col in ("model", "params", "peak RSS MB", "vs original", "load s"):
+        table.add_column(col)
+    orig = rows[1]["peak_rss_mb"]
+    for r in rows:
+        table.add_row(r["model"], f"{r['params']:,}", f"{r['peak_rss_mb']:.0f}", f"{r['peak_rss_mb'] / orig:.3f}",
+                      f"{r['seconds']:.2f}")
+    Console().print(table)
+    suffix = "" if args.model == "minilm" else f"_{args.model}"
+    (RESULTS / f"load_memory{suffix}.json").write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
