@@ -172,7 +172,7 @@ def _cell_text(r: dict, reference: dict, columns) -> str:
         if c == "spearman":
             parts.append(f"{r['spearman']:.2f} ({r['spearman'] - reference['spearman']:+.2f})")
         elif r.get(c) is not None:
-            parts.append(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]))
+            parts.append(f"{r[c]:.4f}" if isinstance(r[c], float) else f"{r[c]:,}")
     return " / ".join(parts)
 
 
@@ -188,10 +188,14 @@ def plot(records: list[dict], reference: dict, path: str | Path, title: str) -> 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for label in dict.fromkeys(_label(r) for r in records):
+    labels = list(dict.fromkeys(_label(r) for r in records))
+    # one colour per factorisation; dashed plain, solid calibrated
+    colours = {base: f"C{i}" for i, base in enumerate(dict.fromkeys(lb.removesuffix(" calibrated") for lb in labels))}
+    for label in labels:
         pts = sorted((r["embedding_params_after"], r["spearman"]) for r in records if _label(r) == label)
         style = "--" if "calibrated" not in label else "-"
-        ax.plot([p[0] / 1e6 for p in pts], [p[1] for p in pts], style, marker="o", label=label)
+        ax.plot([p[0] / 1e6 for p in pts], [p[1] for p in pts], style, marker="o", label=label,
+                color=colours[label.removesuffix(" calibrated")])
     ax.axhline(reference["spearman"], color="black", lw=1, ls=":", label=f"uncompressed {reference['spearman']:.2f}")
     ax.axvline(reference["embedding_params_after"] / 1e6, color="grey", lw=0.5)
     ax.set_xlabel("embedding parameters (millions)")

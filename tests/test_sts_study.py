@@ -1,0 +1,61 @@
+"""The STS study behind `messi demo`: real pairs, resumable cells, report tables that match the records."""
+
+import json
+
+import pytest
+
+from messi.evaluate import sts_pairs
+from messi.sts_study import Setting, Study, table, write_report
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("study")
+
+
+def test_cells_are_scored_once_and_resumed(study_dir, monkeypatch):
+    pairs = sts_pairs("dev", limit=30)
+    settings = [Setting("svd", 0.5), Setting("svd", 0.5, 1, ("glue:wnli",))]
+    study = Study(None, pairs, study_dir / "sts.json")
+    records = study.run(settings, progress=False)
+    ref = study.uncompressed()
+    assert ref["pairs"] == 30 and records[0]["pairs"] == 30
+    assert records[1]["calibration"] == ["glue:wnli"] and records[1]["weighted_rel_error"] is not None
+    assert records[0]["rank"] == records[1]["rank"] and records[0]["compression"] >= 0.5
+    # a new Study on the same file computes nothing again
+    calls = []
+    monkeypatch.setattr(Study, "_cell", lambda self, s: calls.append(s))
+    again = Study(None, pairs, study_dir / "sts.json").run(settings, progress=False)
+    assert calls == [] and again == records
+    saved = json.loads((study_dir / "sts.json").read_text())
+    assert {c["key"] for c in saved["cells"]} == {"none"} | {s.key for s in settings}
+
+    md_path, png_path, md = write_report(again, ref, study_dir, "test")
+    assert png_path.stat().st_size > 1000
+    for r in again:  # every cell printed is the record's number and its change against none
+        assert f"{r['spearman']:.2f} ({r['spearman'] - ref['spearman']:+.2f})" in md
+    assert "| SVD calibrated |" in md and "| SVD |" in md and "50%" in md
+
+
+def test_table_layout_by_hand():
+    ref = {"spearman": 80.0}
+    recs = [{"method": "svd", "ratio": 0.4, "k": 1, "calibration": [], "spearman": 79.5},
+            {"method": "messi", "ratio": 0.4, "k": 5, "calibration": ["x"], "spearman": 80.25},
+            {"method": "svd", "ratio": 0.8, "k": 1, "calibration": [], "spearman": 70.0}]
+    assert table(recs, ref).splitlines() == [
+        "| method | 40% | 80% |",
+        "|---|---|---|",
+        "| SVD | 79.50 (-0.50) | 70.00 (-10.00) |",
+        "| MESSI k=5 calibrated | 80.25 (+0.25) |  |",
+    ]
+
+
+def test_demo_without_data_is_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from messi.cli import app
+
+    result = CliRunner().invoke(app, ["demo", "--data-dir", str(tmp_path / "nowhere"), "--output-dir",
+                                      str(tmp_path / "d")])
+    assert result.exit_code == 2 and "GLUE data folder not found" in result.output
+    assert not (tmp_path / "d").exists()
