@@ -46,8 +46,8 @@ def as_matrix(A, name: str = "matrix") -> torch.Tensor:
         arr = np.asarray(A)
         if arr.dtype.kind not in "biufc":
             raise MessiError(f"the {name} must hold numbers, got {arr.dtype} values")
-        A = torch.as_tensor(arr) if arr.dtype.kind != "c" else A
-    if isinstance(A, torch.Tensor) and A.is_complex() or np.iscomplexobj(A):
+        A = torch.as_tensor(arr)
+    if A.is_complex():  # never cast silently to the real part
         raise MessiError(f"the {name} is complex; projective clustering needs real numbers")
     if A.ndim != 2:
         raise MessiError(f"the {name} must be 2-D (rows x features), got shape {tuple(A.shape)}")
