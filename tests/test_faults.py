@@ -2,6 +2,7 @@
 half-written output, and the next run cleans up after the dead one."""
 
 import os
+import json
 import random
 import signal
 import subprocess
@@ -52,3 +53,20 @@ def test_two_writers_to_one_folder(tmp_path):
     assert info["ratio"] in (0.5, 0.6)
     assert messi.load(out) is not None
     assert strays(tmp_path, "out") == []
+
+
+def test_kill_9_during_sweep_then_resume(tmp_path):
+    out = tmp_path / "sweep"
+    args = ["sweep", "--output-dir", out, "--tasks", "wnli", "--methods", "none,svd", "--ratios", "0.5",
+            "--seeds", "0", "--epochs", "1", "--batch-size", "8", "--max-seq-length", "32",
+            "--max-train-samples", "16", "--max-eval-samples", "16", "--recovery-epochs", "1"]
+    proc = start(*args)
+    time.sleep(random.Random(7).uniform(8.0, 20.0))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    rerun = start(*args)
+    assert rerun.wait(timeout=900) == 0, rerun.stderr.read()[-2000:]
+    cell = out / "wnli" / "seed-0" / "svd-r0.5" / "metrics.json"
+    assert json.loads(cell.read_text())["method"] == "svd"
+    leftovers = [p for p in out.rglob(".*") if p.name.endswith(".tmp") or ".old-" in p.name]
+    assert leftovers == []

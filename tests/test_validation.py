@@ -153,3 +153,62 @@ def test_report_names_a_corrupt_cell_and_sweep_redoes_it(tmp_path):
     assert _read(cell) is None
     with pytest.raises(MessiError, match="lacks"):
         load_records(tmp_path)
+
+
+# --- the library validates like the CLI ---------------------------------------------------------
+
+def test_library_accepts_numpy_scalars_and_rejects_misuse():
+    import numpy as np
+    import torch
+
+    import messi
+    from messi import MessiError, ProjectiveClustering
+
+    X = np.random.default_rng(0).normal(size=(40, 6))
+    pc = ProjectiveClustering(np.int64(2), np.int64(2), seed=np.int64(1), n_init=np.int32(1)).fit(X)
+    assert pc.bases_.shape == (2, 2, 6)
+    for kwargs, match in [(dict(seed=None), "seed"), (dict(seed=2**70), "seed"), (dict(max_iter=2.5), "max_iter"),
+                          (dict(n_init=0), "n_init"), (dict(tol=float("nan")), "tol")]:
+        with pytest.raises(MessiError, match=match):
+            ProjectiveClustering(2, 2, **kwargs).fit(X)
+    with pytest.raises(MessiError, match="not fitted"):
+        ProjectiveClustering(2, 2).predict(X)
+    with pytest.raises(MessiError, match="columns"):
+        pc.predict(np.ones((3, 5)))
+    with pytest.raises(MessiError, match="numbers"):
+        ProjectiveClustering(2, 1).fit(np.array([["a", "b"], ["c", "d"], ["e", "f"]]))
+    with pytest.raises(MessiError, match="complex"):
+        ProjectiveClustering(2, 1).fit(np.ones((4, 3)) * 1j)
+    big = torch.randn(60, 6, generator=torch.Generator().manual_seed(0)) * 1e20  # float32 Gram would overflow
+    assert np.isfinite(ProjectiveClustering(2, 2, n_init=1).fit(big).cost_)
+
+    model = messi.load_pretrained()
+    messi.compress(model, method="svd", ratio=np.float32(0.5))
+    assert model.messi_config["ratio"] == pytest.approx(0.5)
+    with pytest.raises(MessiError, match="seed"):
+        messi.compress(messi.load_pretrained(), method="messi", ratio=0.5, k=np.int64(2), seed=2**64)
+
+
+def test_plain_hf_folders_that_are_broken(tmp_path):
+    import transformers
+
+    import messi
+    from messi import MessiError
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("{oops")
+    with pytest.raises(MessiError, match="config.json"):
+        messi.load_pretrained(str(bad))
+    cfg_only = tmp_path / "cfg"
+    transformers.BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                            intermediate_size=8).save_pretrained(cfg_only)
+    with pytest.raises(MessiError, match="could not load"):
+        messi.load_pretrained(str(cfg_only))
+    (cfg_only / "pytorch_model.bin").write_bytes(b"pickle would run here")  # never unpickled
+    with pytest.raises(MessiError, match="could not load"):
+        messi.load_pretrained(str(cfg_only))
+
+
+def test_fetch_model_empty_name(tmp_path):
+    one_line_error(cli("fetch-model", ""), "unknown model")

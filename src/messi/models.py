@@ -117,7 +117,7 @@ def _from_pretrained(cls, path: Path, **kwargs):
     level = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # we report missing/unexpected weights ourselves
     try:
-        return cls.from_pretrained(path, local_files_only=True, trust_remote_code=False,
+        return cls.from_pretrained(path, local_files_only=True, trust_remote_code=False, use_safetensors=True,
                                    output_loading_info=True, **kwargs)
     except (OSError, ValueError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
