@@ -53,6 +53,14 @@ def _mean_spread(values: list[float], fmt: str = ".1f", spread_fmt: str = ".1f")
 STAGES = (("recovery", "metrics"), ("no_recovery", "no_recovery"))
 
 
+def _stage_metrics(r: dict, stage: str, key: str) -> dict | None:
+    """The record's metrics for ``stage``; a compressed cell run with --recovery-epochs 0 has no
+    "after recovery" stage (its metrics are the no-recovery ones)."""
+    if stage == "recovery" and r["method"] != "none" and r.get("no_recovery") and r.get("epochs") == 0:
+        return None
+    return r.get(key)
+
+
 def summarize(records: list[dict]):
     """scores[(column, stage)][task] -> list of GLUE scores over seeds; stage is
     "recovery" (after fine-tuning) or "no_recovery"; plus each column's embedding parameters."""
@@ -62,7 +70,7 @@ def summarize(records: list[dict]):
         col = _column(r)
         params[col] = r["embedding_params"]
         for stage, key in STAGES:
-            if r.get(key):
+            if _stage_metrics(r, stage, key):
                 scores[(col, stage)][r["task"]].append(glue_score(r[key]))
     return scores, params
 
@@ -80,7 +88,7 @@ def paired_drops(records: list[dict]):
         if r["method"] == "none" or base is None:
             continue
         for stage, key in STAGES:
-            if r.get(key):
+            if _stage_metrics(r, stage, key):
                 drops[(_column(r), stage)][r["task"]][r["seed"]] = glue_score(r[key]) - base
     return drops
 
@@ -153,6 +161,8 @@ def write_report(sweep_dir: str | Path) -> tuple[Path, Path, str]:
              "STS-B Pearson/Spearman, others accuracy), mean ± std over seeds. Drop = column - none.", ""]
     for stage, title in (("recovery", "After recovery fine-tuning"), ("no_recovery", "Without recovery")):
         cols = [c for c in columns if (c, stage) in scores or (stage == "no_recovery" and c == "none")]
+        if cols == ["none"]:  # e.g. --recovery-epochs 0: no compressed cell has this stage
+            continue
         lines += [f"## {title}", "", "| task | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
         for t in tasks:
             cells = [_mean_spread((ref if c == "none" else scores[(c, stage)]).get(t, [])) for c in cols]
@@ -171,7 +181,8 @@ def write_report(sweep_dir: str | Path) -> tuple[Path, Path, str]:
               "and seed, mean ± std over seeds; `messi − svd` is the per-seed difference of the two "
               "(positive: MESSI better). The average's ± is the spread over seeds every task has.", ""]
     for stage, title in (("recovery", "After recovery"), ("no_recovery", "Without recovery")):
-        lines += [f"### {title}", ""] + _drop_table(drops, columns, tasks, stage, seeds_of)
+        if any(s == stage for _, s in drops):
+            lines += [f"### {title}", ""] + _drop_table(drops, columns, tasks, stage, seeds_of)
     lines += ["## Sizes", "", "| column | embedding parameters |", "|---|---|"]
     lines += [f"| {c} | {params[c]:,} |" for c in columns] + [""]
     md = "\n".join(lines)
