@@ -19,7 +19,7 @@ from rich.table import Table
 
 from messi import ProjectiveClustering, rank_for_ratio
 from messi.clustering import assign
-from messi.io import atomic_file, write_json
+from messi.io import save_png, write_json
 from messi.models import resolve_model
 
 RESULTS = Path(__file__).parent / "results"
@@ -115,9 +115,7 @@ def plot(rows, ratios, path, title) -> None:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
+    save_png(fig, path)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def train_pairs(n: int = 2000, seed: int = 0):
     return [a[i] for i in idx], [b[i] for i in idx], [gold[i] for i in idx]
 
 
-def calibration_counts(model) -> "torch.Tensor":
+def calibration_counts(model):
     """Token counts of the 'other' calibration texts under ``model``'s tokenizer."""
     from messi import load_pretrained, load_tokenizer
     from messi.calibration import calibrate

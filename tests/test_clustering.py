@@ -303,7 +303,6 @@ def test_an_empty_cluster_takes_the_worst_served_rows():
 def test_a_run_from_an_empty_cluster_ends_with_every_cluster_used():
     X, _ = planted(k=3, n_per=100, noise=0.01, seed=11)
     pc = ProjectiveClustering(n_clusters=3, rank=2, n_init=1, seed=0)
-    from messi.clustering import _Run  # noqa: F401  (the run type the loop returns)
     from tqdm import tqdm
 
     labels = torch.zeros(len(X), dtype=torch.long)  # every row in cluster 0: 1 and 2 are starved

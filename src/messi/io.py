@@ -171,3 +171,15 @@ def atomic_dir(path: str | os.PathLike, replace: bool = True):
                 raise MessiError(f"{path} appeared while this run worked ({e.strerror}); it was left as it is") from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_png(fig, path: str | os.PathLike) -> Path:
+    """Lay out a matplotlib figure, write it to ``path`` as PNG atomically, and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return path

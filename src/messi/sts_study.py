@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .calibration import DEFAULT_ALPHA, DEFAULT_POWER, calibrate, weights_from_counts
 from .errors import MessiError
-from .io import atomic_file, write_json
+from .io import save_png, write_json, write_text
 
 
 @dataclass(frozen=True)
@@ -203,12 +203,7 @@ def plot(records: list[dict], reference: dict, path: str | Path, title: str) -> 
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 
@@ -239,7 +234,6 @@ def write_report(records: list[dict], reference: dict, folder: str | Path, title
         "![STS-B against embedding size](report.png)",
     ]) + "\n"
     md_path, png_path = folder / "report.md", folder / "report.png"
-    with atomic_file(md_path) as tmp:
-        Path(tmp).write_text(md)
+    write_text(md_path, md)
     plot(records, reference, png_path, title)
     return md_path, png_path, md

@@ -198,7 +198,7 @@ def _plot(scores, params, tasks, path: Path, drops, columns: list[str]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..io import atomic_file
+    from ..io import save_png
 
     fig, (ax, bars) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [1, 1.2]})
     _plot_drops(bars, drops, [c for c in columns if c != "none"], tasks)
@@ -221,10 +221,7 @@ def _plot(scores, params, tasks, path: Path, drops, columns: list[str]) -> None:
     ax.set_title("Accuracy against embedding size")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def _color(method: str) -> str:
