@@ -119,6 +119,9 @@ def compress(
     if calibration:
         check_weighting(weight_alpha, weight_power)  # a bad rule fails before the model loads
     net = load_pretrained(model)
+    report = getattr(net, "messi_load_report", None)
+    if report:  # say which class was loaded from the source, and why
+        console.print(f"loaded {report['class']}: {report['reason']}")
     tokenizer = load_tokenizer(model)
     cal = None
     if calibration:
