@@ -21,9 +21,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from . import checks
 from .errors import MessiError
 
 #: The default weighting rule, (count + alpha) ** power, chosen by `benchmarks/sts_curve.py
@@ -55,10 +55,8 @@ def token_counts(tokenizer, texts, num_embeddings: int | None = None, batch_size
 
 def check_weighting(alpha: float, power: float) -> None:
     """MessiError unless alpha is finite and > 0 and power is in [0, 4]."""
-    if not (isinstance(alpha, (int, float, np.number)) and np.isfinite(alpha) and alpha > 0):
-        raise MessiError(f"the weighting's alpha (--weight-alpha) must be a finite number > 0, got {alpha!r}")
-    if not (isinstance(power, (int, float, np.number)) and np.isfinite(power) and 0 <= power <= 4):
-        raise MessiError(f"the weighting's power (--weight-power) must be in [0, 4], got {power!r}")
+    checks.real("--weight-alpha (the weighting's alpha)", alpha, 0, low_open=True)
+    checks.real("--weight-power (the weighting's power)", power, 0, 4)
 
 
 def weights_from_counts(counts: torch.Tensor, alpha: float = DEFAULT_ALPHA, power: float = DEFAULT_POWER) -> torch.Tensor:

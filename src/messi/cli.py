@@ -326,8 +326,9 @@ def eval_sts(
     """Zero-shot STS-B: Spearman x 100 of the cosine of the model's sentence embeddings vs gold scores."""
     from .evaluate import eval_sts as run
 
-    if batch_size < 1:
-        raise MessiError(f"--batch-size must be >= 1, got {batch_size}")
+    from . import checks
+
+    checks.integer("--batch-size", batch_size, 1)
     result = run(model, data_dir, split, batch_size, progress=not as_json)
     if as_json:
         typer.echo(json.dumps(result, indent=2))

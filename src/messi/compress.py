@@ -146,10 +146,6 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-                "float64": torch.float64}
-
-
 def _padding_row(A: torch.Tensor, padding_idx: int | None):
     return None if padding_idx is None else A[padding_idx]
 
@@ -265,7 +261,7 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None) -> n
         raise MessiError(f"{path}/messi.json says the output head is tied, but {info['model_class']} has no "
                          "output head; the folder is damaged, re-run `messi compress`")
     _install(model, layer, tied)
-    model.to(FLOAT_DTYPES[info.get("dtype", "float32")])  # the saved precision: identical outputs
+    model.to(getattr(torch, info.get("dtype", "float32")))  # the saved precision: identical outputs
     try:
         _load_weights(model, weights)
     except (SafetensorError, RuntimeError, OSError, KeyError, json.JSONDecodeError) as e:
