@@ -195,20 +195,28 @@ def glue(
     max_eval_samples: Optional[int] = MAXEVAL,
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of data order, head init and clustering (default 42)."),
     preset: str = PRESET, data_dir: Optional[Path] = DATA, strict: bool = STRICT,
+    save_model: bool = typer.Option(False, "--save-model", help="Also save the fine-tuned model to OUTPUT_DIR/model "
+                                    "(a messi folder when compressed; `messi glue --model OUTPUT_DIR/model` reuses it)."),
 ):
-    """Fine-tune a (compressed) model on a GLUE task and evaluate it on dev."""
+    """Fine-tune a (compressed) model on a GLUE task and evaluate it on dev.
+
+    Runs unchanged under `torchrun` / `accelerate launch`: one process compresses, all train
+    together, one prints and writes."""
+    from . import distributed
     from .glue.run import run_glue
 
     cfg = _train_config(preset, epochs, learning_rate, batch_size, max_seq_length, max_train_samples,
                         max_eval_samples, seed)
-    record = run_glue(task, output_dir, model, method, ratio, k, cfg, data_dir, strict)
+    record = run_glue(task, output_dir, model, method, ratio, k, cfg, data_dir, strict, save_model)
+    if not distributed.is_main():
+        return
     table = Table(title=f"{record['task']} / {record['method']}")
     for key in ("ratio", "embedding_params", "total_params", "train_samples", "seconds"):
         table.add_row(key, f"{record[key]:.4g}" if isinstance(record[key], float) else f"{record[key]:,}")
     for key, value in record["metrics"].items():
         table.add_row(key, f"{value:.4f}")
     console.print(table)
-    console.print(f"wrote {output_dir / 'metrics.json'}")
+    console.print(f"wrote {output_dir / 'metrics.json'}" + (f" and {output_dir / 'model'}" if save_model else ""))
 
 
 def _split(text: str, cast=str) -> list:
@@ -220,11 +228,14 @@ def _split(text: str, cast=str) -> list:
 
 def _run_sweep(output_dir, tasks, methods, ratios, k, seeds, model, cfg, recovery_epochs, protocol,
                data_dir, strict):
+    from . import distributed
     from .glue.report import write_report
     from .glue.sweep import Sweep
 
     Sweep(output_dir, tasks, methods, ratios, k, seeds, model, cfg, recovery_epochs, protocol,
           data_dir, strict).run()
+    if not distributed.is_main():
+        return
     md_path, png_path, md = write_report(output_dir)
     console.print(md)
     console.print(f"wrote {md_path} and {png_path}")

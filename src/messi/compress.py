@@ -226,6 +226,26 @@ def _model_class(name: str):
     return cls
 
 
+def empty_layer(info: dict) -> _LowRankEmbedding:
+    """The factored embedding that messi.json's ``info`` describes, its weights still zero
+    (to be filled by loading or by receiving them from another process)."""
+    n, d, j, pad = info["num_embeddings"], info["embedding_dim"], info["rank"], info.get("padding_idx")
+    if info["method"] == "svd":
+        return FactorizedEmbedding(n, d, j, pad)
+    return ProjectiveEmbedding(n, d, j, info["k"], pad)
+
+
+def install_empty(model: nn.Module, info: dict) -> nn.Module:
+    """Give an uncompressed ``model`` the structure ``compress`` gave another copy of it (whose
+    ``messi_config`` is ``info``), with zero factors in the model's dtype and device, so that the
+    compressed weights can then be copied in (e.g. broadcast from the process that compressed)."""
+    emb = _input_embedding(model)
+    layer = empty_layer(info).to(device=emb.weight.device, dtype=emb.weight.dtype)
+    _install(model, layer, info.get("tied_output", False))
+    model.messi_config = info
+    return model
+
+
 def load(path: str | os.PathLike, device: str | torch.device | None = None) -> nn.Module:
     """Rebuild a model saved by ``save``: same class, factored layers, saved weights; eval mode.
 
@@ -246,16 +266,11 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None) -> n
     check_config(info, config, path)
     from accelerate import init_empty_weights
 
-    n, d, j, k, pad = (info["num_embeddings"], info["embedding_dim"], info["rank"], info["k"],
-                       info.get("padding_idx"))
     # parameters on the meta device: the full (n, d) table is never allocated, only what the
     # file holds is (buffers such as position ids are built for real)
     with init_empty_weights(include_buffers=False):
         model = _model_class(info["model_class"])(config)
-        if info["method"] == "svd":
-            layer = FactorizedEmbedding(n, d, j, pad)
-        else:
-            layer = ProjectiveEmbedding(n, d, j, k, pad)
+        layer = empty_layer(info)
     tied = info.get("tied_output", False)
     if tied and getattr(model, "get_output_embeddings", lambda: None)() is None:
         raise MessiError(f"{path}/messi.json says the output head is tied, but {info['model_class']} has no "

@@ -5,26 +5,33 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from .. import distributed
 from ..compress import compress
 from ..errors import MessiError
 from ..io import check_output_folder, write_json
 from .data import get_task, read_split
-from .train import (TrainConfig, evaluate, fine_tune, load_classifier, max_positions, run_record, subsample,
-                    tokenizer_for)
+from .train import (TrainConfig, evaluate, fine_tune, load_classifier, max_positions, run_record,
+                    save_classifier, share_from_main, subsample, tokenizer_for)
 
 METHOD_CHOICES = ("none", "svd", "messi")
 
 
 def run_glue(task_name: str, output_dir: str | Path, model_ref=None, method: str = "none",
              ratio: float = 0.4, k: int = 3, cfg: TrainConfig | None = None, data_dir=None,
-             strict: bool = False) -> dict:
+             strict: bool = False, save_model: bool = False) -> dict:
     """Fine-tune ``model_ref`` (compressed first with ``method`` unless "none") on a GLUE task
-    and evaluate on dev. Writes and returns OUT/metrics.json's record."""
+    and evaluate on dev. Writes and returns OUT/metrics.json's record; with ``save_model``
+    also the fine-tuned model to OUT/model (``load_classifier`` reads it back).
+
+    Under ``torchrun`` / ``accelerate launch`` the main process compresses, every process trains
+    the same model (DDP) and gets the same metrics, and only the main process writes."""
     cfg = cfg or TrainConfig()
     if method not in METHOD_CHOICES:
         raise MessiError(f"--method must be one of {', '.join(METHOD_CHOICES)}, got {method!r}")
     task = get_task(task_name)
-    check_output_folder(output_dir)
+    distributed.init()
+    if distributed.is_main():
+        check_output_folder(output_dir)
     tokenizer = tokenizer_for(model_ref)
     cfg.validate(max_positions(model_ref, tokenizer))
     train_rows, dev_rows = read_split(task, "train", data_dir, strict), read_split(task, "dev", data_dir, strict)
@@ -32,8 +39,9 @@ def run_glue(task_name: str, output_dir: str | Path, model_ref=None, method: str
     dev = subsample(dev_rows, cfg.max_eval_samples, cfg.seed)
     start = time.perf_counter()
     model = load_classifier(model_ref, task)
-    if method != "none":
-        compress(model, method=method, ratio=ratio, k=k, seed=cfg.seed, verbose=True)
+    compress_fn = None if method == "none" else (
+        lambda m: compress(m, method=method, ratio=ratio, k=k, seed=cfg.seed, verbose=True))
+    share_from_main(model, compress_fn)
     fine_tune(model, tokenizer, task, train, cfg)
     metrics = evaluate(model, tokenizer, task, dev, cfg)
     info = getattr(model, "messi_config", None) or {}
@@ -42,5 +50,8 @@ def run_glue(task_name: str, output_dir: str | Path, model_ref=None, method: str
                         epochs=cfg.epochs, seconds=time.perf_counter() - start,
                         model=str(model_ref or "minilm"),
                         skipped_rows={"train": train_rows.skipped, "dev": dev_rows.skipped})
-    write_json(Path(output_dir) / "metrics.json", record)
+    if distributed.is_main():
+        if save_model:
+            save_classifier(model, tokenizer, Path(output_dir) / "model")
+        write_json(Path(output_dir) / "metrics.json", record)
     return record

@@ -8,6 +8,11 @@ Layout of a sweep folder::
 
 Every file is written atomically and a finished cell is never redone, so a sweep killed at any
 point (kill -9 included) restarts where it stopped.
+
+Under ``torchrun`` / ``accelerate launch`` every process runs every cell together (training is
+data-parallel, evaluation gathers all predictions), but only the main process reads the folder,
+compresses and writes; what it decides (a cell is done, a base is cached) and what it computed
+(compressed layers, a cached base's weights) reach the others through the process group.
 """
 
 from __future__ import annotations
@@ -19,12 +24,14 @@ from pathlib import Path
 import transformers
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..calibration import calibrate
 from ..compress import compress
 from ..errors import MessiError
-from ..io import atomic_dir, write_json
+from ..io import write_json
 from .data import get_task, read_split
-from .train import TrainConfig, evaluate, fine_tune, load_classifier, run_record, subsample, tokenizer_for
+from .train import (TrainConfig, evaluate, fine_tune, load_classifier, run_record, save_classifier,
+                    share_from_main, subsample, tokenizer_for)
 
 PROTOCOLS = ("paper", "compress-first")
 #: Methods a sweep knows; "+cal" ones weigh the embedding rows by the task's own train text.
@@ -40,12 +47,17 @@ def cell_name(method: str, ratio: float) -> str:
 REQUIRED = ("task", "method", "metrics")
 
 
-def _read(path: Path) -> dict | None:
-    """A finished cell's record, or None when it is missing, corrupt or incomplete."""
+def _read_json(path: Path):
+    """The JSON in ``path``, or None when it is missing or corrupt."""
     try:
-        record = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def _read(path: Path) -> dict | None:
+    """A finished cell's record, or None when it is missing, corrupt or incomplete."""
+    record = _read_json(path)
     if not isinstance(record, dict) or any(key not in record for key in REQUIRED):
         return None
     return record
@@ -81,16 +93,23 @@ class Sweep:
 
     def run(self) -> Path:
         """Run every unfinished cell, with a progress bar over the grid; returns the folder."""
-        self.out.mkdir(parents=True, exist_ok=True)
+        distributed.init()
+        if distributed.is_main():
+            self.out.mkdir(parents=True, exist_ok=True)
         cells = list(self.cells())
-        with tqdm(total=len(cells), desc="sweep", unit="cell") as bar:
+        with tqdm(total=len(cells), desc="sweep", unit="cell", disable=not distributed.is_main()) as bar:
             for task, seed, method, ratio in cells:
                 target = self.out / task.name / f"seed-{seed}" / cell_name(method, ratio) / "metrics.json"
                 bar.set_postfix_str(f"{task.name} seed {seed} {cell_name(method, ratio)}")
-                if _read(target) is None:  # missing, or corrupt: (re)do it
+                if not self._main_says(lambda: _read(target) is not None):  # missing or corrupt: (re)do it
                     self._run_cell(task, seed, method, ratio, target)
                 bar.update(1)
         return self.out
+
+    @staticmethod
+    def _main_says(question):
+        """``question()`` answered by the main process (which alone reads the folder), on all."""
+        return distributed.broadcast_json(question() if distributed.is_main() else None)
 
     def _cfg(self, seed: int) -> TrainConfig:
         import dataclasses
@@ -106,15 +125,18 @@ class Sweep:
         folder = self.out / task.name / f"seed-{seed}" / "base"
         cfg = self._cfg(seed)
         tokenizer = tokenizer_for(self.model_ref)
-        if not (folder / "config.json").is_file():
-            train, _ = self._splits(task, cfg)
-            model = load_classifier(self.model_ref, task)
-            seconds = fine_tune(model, tokenizer, task, train, cfg)
-            with atomic_dir(folder) as tmp:
-                model.save_pretrained(tmp)
-                tokenizer.save_pretrained(tmp)
-                write_json(tmp / "train.json", {"seconds": seconds, "train_samples": len(train)})
-        model = transformers.AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True)
+        if self._main_says(lambda: (folder / "config.json").is_file()):
+            # the cached base; processes other than main get its weights from main
+            if distributed.is_main():
+                model = transformers.AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True)
+            else:
+                model = load_classifier(self.model_ref, task)
+            return share_from_main(model).eval(), tokenizer, folder
+        train, _ = self._splits(task, cfg)
+        model = share_from_main(load_classifier(self.model_ref, task))
+        seconds = fine_tune(model, tokenizer, task, train, cfg)
+        if distributed.is_main():
+            save_classifier(model, tokenizer, folder, {"train.json": {"seconds": seconds, "train_samples": len(train)}})
         return model.eval(), tokenizer, folder
 
     def _run_cell(self, task, seed, method, ratio, target: Path) -> None:
@@ -141,30 +163,37 @@ class Sweep:
                          metrics=after, no_recovery=before,
                          reference=reference["metrics"], train_samples=len(train),
                          eval_samples=len(dev), epochs=epochs, seconds=time.perf_counter() - start)
-        write_json(target, record)
+        if distributed.is_main():
+            write_json(target, record)
 
     def _compress(self, model, tokenizer, task, method: str, ratio: float, seed: int) -> None:
-        """Compress in place; "+cal" methods weigh rows by the tokens of the task's train texts."""
+        """Compress in place (once, on the main process); "+cal" methods weigh rows by the
+        tokens of the task's train texts."""
         base, calibrated = method.removesuffix("+cal"), method.endswith("+cal")
-        weights = record = None
-        if calibrated:
-            cal = calibrate(tokenizer, [f"glue:{task.name}"], model.get_input_embeddings().num_embeddings,
-                            self.data_dir)
-            weights, record = cal.weights, cal.record()
-        compress(model, method=base, ratio=ratio, k=self.k, seed=seed, verbose=True, row_weights=weights,
-                 calibration=record)
+
+        def run(model):
+            weights = record = None
+            if calibrated:
+                cal = calibrate(tokenizer, [f"glue:{task.name}"], model.get_input_embeddings().num_embeddings,
+                                self.data_dir)
+                weights, record = cal.weights, cal.record()
+            compress(model, method=base, ratio=ratio, k=self.k, seed=seed, verbose=True, row_weights=weights,
+                     calibration=record)
+
+        share_from_main(model, run)
 
     def _reference(self, task, seed, cfg, dev) -> dict:
         """The uncompressed fine-tuned model's metrics (the ``none`` cell), computed once; the
         cached base is loaded only when they are not on disk yet."""
         path = self.out / task.name / f"seed-{seed}" / "none" / "metrics.json"
-        record = _read(path)
+        record = self._main_says(lambda: _read(path))
         if record is None:
             model, tokenizer, _ = self._base(task, seed)
-            train_info = _read(path.parent.parent / "base" / "train.json") or {}
+            train_info = _read_json(path.parent.parent / "base" / "train.json") or {}
             record = run_record(task, "none", 0.0, model, cfg, protocol=self.protocol,
                              metrics=evaluate(model, tokenizer, task, dev, cfg), no_recovery=None,
                              train_samples=train_info.get("train_samples"), eval_samples=len(dev),
                              epochs=cfg.epochs, seconds=train_info.get("seconds"))
-            write_json(path, record)
+            if distributed.is_main():
+                write_json(path, record)
         return record

@@ -16,8 +16,9 @@ import torch
 import transformers
 from torch import nn
 
-from ..compress import _install, is_messi_folder, load, load_tokenizer
-from .. import checks
+from ..compress import _install, install_empty, is_messi_folder, load, load_tokenizer, save
+from ..io import atomic_dir, write_json
+from .. import checks, distributed
 from ..errors import MessiError
 from ..models import _from_pretrained, _new_weights, _summary, resolve_model
 from .data import Example, Task
@@ -113,6 +114,37 @@ def load_classifier(model_ref, task: Task) -> nn.Module:
 HEAD_PREFIXES = ("classifier.", "pre_classifier.", "score.", "bert.pooler.", "pooler.")
 
 
+def save_classifier(model: nn.Module, tokenizer, folder, extra_files: dict | None = None):
+    """Write a fine-tuned classifier and its tokenizer atomically, ready for ``load_classifier``:
+    a messi folder when its embedding is compressed, else a Hugging Face folder (with
+    ``extra_files``, name -> JSON data)."""
+    info = getattr(model, "messi_config", None)
+    if info is not None:  # the classifier's own class, not that of the encoder it was built on
+        return save(model, folder, tokenizer, extra={"model_class": type(model).__name__}, overwrite=True)
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        for name, data in (extra_files or {}).items():
+            write_json(tmp / name, data)
+    return folder
+
+
+def share_from_main(model: nn.Module, compress_fn=None) -> nn.Module:
+    """Make every process hold the main process's ``model``, optionally compressed once.
+
+    ``compress_fn(model)`` (e.g. calibration + ``compress``) runs on the main process only; the
+    others rebuild the same factored structure from its ``messi_config`` and receive every
+    weight (new classification heads included) through the process group. Alone: just runs it.
+    """
+    if compress_fn is not None:
+        if distributed.is_main():
+            compress_fn(model)
+        info = distributed.broadcast_json(getattr(model, "messi_config", None))
+        if not distributed.is_main():
+            install_empty(model, info)
+    return distributed.broadcast_module(model)
+
+
 class _Encoded(torch.utils.data.Dataset):
     def __init__(self, features: list[dict]):
         self.features = features
@@ -157,6 +189,8 @@ def _trainer(model, tokenizer, cfg: TrainConfig, workdir: str, train=None, epoch
         per_device_eval_batch_size=max(64, cfg.batch_size), seed=cfg.seed, data_seed=cfg.seed,
         save_strategy="no", eval_strategy="no", logging_strategy="no", report_to="none",
         lr_scheduler_type="linear", weight_decay=0.0, dataloader_num_workers=0,
+        # under torchrun on CPUs the ranks only train together (DDP) when told use_cpu
+        use_cpu=not distributed.has_accelerator(),
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=False)
     return transformers.Trainer(model=model, args=args, train_dataset=train,

@@ -1,0 +1,103 @@
+"""Several processes (``torchrun`` / ``accelerate launch``): who is main, waiting, sending state.
+
+A launcher starts one process per device with ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK`` set.
+messi's rule under a launcher: expensive one-off work (the projective clustering, calibration) and
+every file write happen on the main process (rank 0); the others receive its result through the
+process group (no shared filesystem needed) and all of them train together under DDP.
+
+Everything here is a no-op in a single process, so callers never branch on "distributed".
+Nothing is pickled: settings travel as JSON bytes, weights as tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def world_size() -> int:
+    """How many processes the launcher started (1 without a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    """This process's global rank (0 without a launcher)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main() -> bool:
+    """Whether this process prints and writes files (rank 0)."""
+    return rank() == 0
+
+
+def has_accelerator() -> bool:
+    """Whether a GPU-like device is present (else the processes train on CPU with gloo)."""
+    return torch.accelerator.current_accelerator() is not None
+
+
+def init() -> None:
+    """Join the launcher's process group once (nccl on GPUs, gloo on CPUs); no-op alone.
+
+    accelerate's ``PartialState`` picks the backend and device; on a machine without an
+    accelerator it must be told ``cpu=True``, or it silently runs every rank on its own.
+    """
+    if world_size() > 1 and not dist.is_initialized():
+        from accelerate import PartialState
+
+        PartialState(cpu=not has_accelerator())
+
+
+def active() -> bool:
+    """Whether this process is one of several in an initialised process group."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def barrier() -> None:
+    """Wait until every process gets here (no-op alone)."""
+    if active():
+        dist.barrier()
+
+
+def _comm_device() -> torch.device:
+    # nccl only moves tensors that live on this process's GPU
+    if active() and dist.get_backend() == "nccl":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def broadcast_json(value=None):
+    """The main process's JSON-able ``value``, on every process (others pass anything)."""
+    if not active():
+        return value
+    device = _comm_device()
+    data = json.dumps(value).encode() if is_main() else b""
+    size = torch.tensor([len(data)], dtype=torch.int64, device=device)
+    dist.broadcast(size, src=0)
+    buf = (torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device) if is_main()
+           else torch.empty(int(size.item()), dtype=torch.uint8, device=device))
+    dist.broadcast(buf, src=0)
+    return json.loads(bytes(buf.cpu().tolist()).decode()) if not is_main() else value
+
+
+def broadcast_module(module: nn.Module) -> nn.Module:
+    """Overwrite every parameter and buffer of ``module`` with the main process's, in place.
+
+    All processes must hold a module of the same structure (names, shapes, dtypes).
+    """
+    if not active():
+        return module
+    device = _comm_device()
+    with torch.no_grad():
+        for _, t in sorted(module.state_dict(keep_vars=True).items()):
+            # sent as raw bytes: every dtype travels, whatever the backend supports
+            data = t.data
+            raw = data.contiguous().reshape(-1).view(torch.uint8).to(device)
+            dist.broadcast(raw, src=0)
+            if not is_main():
+                data.copy_(raw.view(data.dtype).reshape(data.shape))
+    return module
+
