@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from messi.glue.data import get_task, read_split
 from messi.glue.train import TrainConfig, evaluate, load_classifier, subsample, tokenizer_for
