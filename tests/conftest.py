@@ -11,7 +11,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 settings.register_profile("default", max_examples=25, deadline=None)
 settings.register_profile("thorough", max_examples=2000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# MESSI_TEST_THREADS=1 for runs that fork test processes (mutation testing: OpenMP pools do not
+# survive a fork)
+torch.set_num_threads(int(os.environ.get("MESSI_TEST_THREADS", max(1, min(2, os.cpu_count() or 1)))))
 
 
 @pytest.fixture(scope="session")

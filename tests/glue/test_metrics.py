@@ -62,3 +62,11 @@ def test_matthews_on_an_asymmetric_matrix():
     tp, tn, fp, fn = 1, 2, 0, 2
     hand = (tp * tn - fp * fn) / np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
     assert m["matthews"] == pytest.approx(hand)
+
+
+def test_class_id_predictions_score_like_their_logits():
+    # (m,) class ids are taken as they are, not arg-maxed; same numbers as the one-hot logits
+    ids, labels = np.array([1, 0, 0, 1, 1]), np.array([1, 0, 1, 1, 0])
+    task = get_task("mrpc")
+    assert compute_metrics(task, ids, labels) == compute_metrics(task, np.eye(2)[ids], labels)
+    assert compute_metrics(task, ids, labels)["accuracy"] == pytest.approx(3 / 5)

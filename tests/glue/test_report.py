@@ -40,3 +40,160 @@ def test_report_shows_paired_difference(tmp_path):
     # without recovery: (-5 - -10, -4 - -8) = (5, 4)
     assert "+4.50 ± 0.71" in md
     assert png.stat().st_size > 1000
+
+
+# Two tasks (WNLI: the "average without wnli" row), two seeds, SVD and MESSI at 40% with and
+# without recovery, and SVD at 60% run with --recovery-epochs 0 on one seed of RTE only.
+# Scores are accuracies in %; every number below was worked out by hand from these records.
+GOLDEN = [
+    _record("rte", 1, "none", 0.0, 0.60), _record("rte", 2, "none", 0.0, 0.70),
+    _record("rte", 1, "svd", 0.4, 0.58, 0.50), _record("rte", 2, "svd", 0.4, 0.66, 0.62),
+    _record("rte", 1, "messi", 0.4, 0.61, 0.55), _record("rte", 2, "messi", 0.4, 0.69, 0.66),
+    _record("wnli", 1, "none", 0.0, 0.50), _record("wnli", 2, "none", 0.0, 0.54),
+    _record("wnli", 1, "svd", 0.4, 0.48, 0.40), _record("wnli", 2, "svd", 0.4, 0.46, 0.44),
+    _record("wnli", 1, "messi", 0.4, 0.50, 0.46), _record("wnli", 2, "messi", 0.4, 0.52, 0.48),
+    {**_record("rte", 1, "svd", 0.6, 0.40, 0.40), "epochs": 0, "embedding_params": 40},
+]
+
+GOLDEN_MD = """\
+# GLUE sweep: golden
+
+Tasks: rte, wnli. Seeds: 1, 2. Scores are the GLUE convention (mean of the task's metrics, in %: CoLA \
+Matthews corr., MRPC F1/acc, STS-B Pearson/Spearman, others accuracy), mean ± std over seeds. \
+Drop = column - none.
+
+## After recovery fine-tuning
+
+| task | none | svd 40% | messi 40% |
+|---|---|---|---|
+| rte | 65.0 ± 7.1 | 62.0 ± 5.7 | 65.0 ± 5.7 |
+| wnli | 52.0 ± 2.8 | 47.0 ± 1.4 | 51.0 ± 1.4 |
+| **average** | **58.50** | **54.50** | **58.00** |
+| drop vs none | +0.00 | -4.00 | -0.50 |
+| **average without wnli** | **65.00** | **62.00** | **65.00** |
+| drop vs none | +0.00 | -3.00 | +0.00 |
+
+## Without recovery
+
+| task | none | svd 40% | messi 40% | svd 60% |
+|---|---|---|---|---|
+| rte | 65.0 ± 7.1 | 56.0 ± 8.5 | 60.5 ± 7.8 | 40.0 |
+| wnli | 52.0 ± 2.8 | 42.0 ± 2.8 | 47.0 ± 1.4 | — |
+| **average** | **58.50** | **49.00** | **53.75** | — |
+| drop vs none | +0.00 | -9.50 | -4.75 | — |
+| **average without wnli** | **65.00** | **56.00** | **60.50** | **40.00** |
+| drop vs none | +0.00 | -9.00 | -4.50 | -25.00 |
+
+## Drop against uncompressed, paired by seed
+
+Each cell: the column's score minus the uncompressed model's score for the same task and seed, \
+mean ± std over seeds; `messi − svd` is the per-seed difference of the two (positive: MESSI better). \
+The average's ± is the spread over seeds every task has.
+
+### After recovery
+
+| task | seeds | svd 40% | messi 40% | messi − svd 40% |
+|---|---|---|---|---|
+| rte | 2 | -3.00 ± 1.41 | +0.00 ± 1.41 | +3.00 ± 0.00 |
+| wnli | 2 | -5.00 ± 4.24 | -1.00 ± 1.41 | +4.00 ± 2.83 |
+| **average** | | **-4.00** ± 2.83 | **-0.50** ± 1.41 | **+3.50** ± 1.41 |
+| **average without wnli** | | **-3.00** ± 1.41 | **+0.00** ± 1.41 | **+3.00** ± 0.00 |
+
+### Without recovery
+
+| task | seeds | svd 40% | messi 40% | svd 60% | messi − svd 40% |
+|---|---|---|---|---|---|
+| rte | 2 | -9.00 ± 1.41 | -4.50 ± 0.71 | -20.00 | +4.50 ± 0.71 |
+| wnli | 2 | -10.00 ± 0.00 | -5.00 ± 1.41 | — | +5.00 ± 1.41 |
+| **average** | | **-9.50** ± 0.71 | **-4.75** ± 0.35 | — | **+4.75** ± 1.06 |
+| **average without wnli** | | **-9.00** ± 1.41 | **-4.50** ± 0.71 | **-20.00** | **+4.50** ± 0.71 |
+
+## Sizes
+
+| column | embedding parameters |
+|---|---|
+| none | 100 |
+| svd 40% | 60 |
+| messi 40% | 61 |
+| svd 60% | 40 |
+"""
+
+
+def _write_sweep(folder, records):
+    import json
+
+    for i, r in enumerate(records):
+        cell = folder / r["task"] / f"seed-{r['seed']}" / f"{r['method']}-{i}"
+        cell.mkdir(parents=True)
+        (cell / "metrics.json").write_text(json.dumps(r))
+    return folder
+
+
+def test_report_every_cell_against_hand_computed_values(tmp_path, monkeypatch):
+    from messi import io
+
+    monkeypatch.setattr(io, "save_png", lambda fig, path: None)  # the figure has its own test
+    md_path, _, md = write_report(_write_sweep(tmp_path / "golden", GOLDEN))
+    assert md == GOLDEN_MD
+    assert md_path.read_text() == GOLDEN_MD
+
+
+def test_report_figure_shows_the_averages_and_the_paired_drops(tmp_path, monkeypatch):
+    from messi import io
+
+    figures = []
+    monkeypatch.setattr(io, "save_png", lambda fig, path: figures.append((fig, path)))
+    _, png_path, _ = write_report(_write_sweep(tmp_path / "golden", GOLDEN))
+    (fig, path), = figures
+    assert path == png_path
+    left, right = fig.axes
+    # left: GLUE average (both tasks) against embedding parameters, as in GOLDEN_MD
+    assert left.get_xlabel() == "embedding parameters (millions)"
+    assert left.get_ylabel() == "GLUE average over 2 task(s)"
+    lines = {ln.get_label(): (list(ln.get_xdata()), list(ln.get_ydata())) for ln in left.get_lines()}
+    assert lines["uncompressed (0.0M)"] == ([100e-6], [pytest.approx(58.5)])
+    assert lines["svd (after recovery)"] == ([60e-6], [pytest.approx(54.5)])
+    assert lines["svd (no recovery)"] == ([60e-6], [pytest.approx(49.0)])  # svd 60% lacks wnli: no point
+    assert lines["messi (after recovery)"] == ([61e-6], [pytest.approx(58.0)])
+    assert lines["messi (no recovery)"] == ([61e-6], [pytest.approx(53.75)])
+    horizontal = [ln for ln in left.get_lines() if ln.get_label().startswith("_")]
+    assert [list(ln.get_ydata()) for ln in horizontal] == [[pytest.approx(58.5)] * 2]
+    colors = {label: ln.get_color() for ln in left.get_lines() for label in [ln.get_label()]}
+    assert colors["svd (after recovery)"] == colors["svd (no recovery)"] != colors["messi (no recovery)"]
+    # right: per task (rte, wnli) the mean paired drop without recovery, one bar group per column
+    assert [t.get_text() for t in right.get_xticklabels()] == ["rte", "wnli"]
+    from matplotlib.container import BarContainer
+
+    bars = {c.get_label(): c for c in right.containers if isinstance(c, BarContainer)}
+    assert list(bars) == ["svd 40%", "messi 40%", "svd 60%"]
+    heights = {k: [pytest.approx(b.get_height()) for b in c] for k, c in bars.items()}
+    assert heights == {"svd 40%": [-9.0, -10.0], "messi 40%": [-4.5, -5.0], "svd 60%": [-20.0, 0.0]}
+    width = 0.8 / 3
+    assert [b.get_x() + b.get_width() / 2 for b in bars["svd 40%"]] == pytest.approx([-width, 1 - width])
+    assert [b.get_x() + b.get_width() / 2 for b in bars["svd 60%"]] == pytest.approx([width, 1 + width])
+    assert [b.get_hatch() for c in bars.values() for b in c][::2] == [None, None, "//"]  # 60%: hatched
+    assert bars["svd 40%"][0].get_facecolor() == bars["svd 60%"][0].get_facecolor() != bars["messi 40%"][0].get_facecolor()
+    # whiskers: std over the two seeds (svd 40% rte: -10 and -8)
+    whiskers = bars["svd 40%"].errorbar.lines[2][0].get_segments()
+    assert [seg[1][1] - seg[0][1] for seg in whiskers] == pytest.approx([2 * 2 ** 0.5, 0.0])
+    assert any(ln.get_ydata()[0] == 0 for ln in right.get_lines())  # the zero line
+
+
+def test_bad_sweep_folders_are_named_with_the_fix(tmp_path):
+    from messi.errors import MessiError
+    from messi.glue.report import load_records
+
+    with pytest.raises(MessiError, match="holds no metrics.json; run `messi sweep"):
+        load_records(tmp_path)
+    folder = _write_sweep(tmp_path / "s", GOLDEN[:2])
+    cell = next(folder.glob("rte/seed-1/*/metrics.json"))
+    cell.write_text('{"task": "rte", "method": "none", "ratio": 0.0, "metrics": {}}')
+    with pytest.raises(MessiError, match=r"metrics.json lacks embedding_params; delete it and rerun"):
+        load_records(folder)
+    cell.write_text('{"task": "rte", "meth')
+    with pytest.raises(MessiError, match=r"seed-1/none-0/metrics.json is corrupt"):
+        load_records(folder)
+    cell.write_text('[1, 2]')  # JSON, but not a record
+    with pytest.raises(MessiError, match="corrupt|lacks"):
+        load_records(folder)
+    assert [r["seed"] for r in load_records(_write_sweep(tmp_path / "ok", GOLDEN[:2]))] == [1, 2]

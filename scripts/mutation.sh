@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Mutation testing of the numerical core and the GLUE arithmetic with mutmut (not part of CI:
+# about an hour on 2 cores). Runs in a scratch copy, so the repository is never touched.
+#
+#   bash scripts/mutation.sh                       # all six modules
+#   bash scripts/mutation.sh "messi.glue.metrics*" # mutmut's mutant-name globs: one module
+#
+# Prints mutmut's per-mutant results and writes the score table to $WORK/score.md
+# (WORK defaults to /tmp/messi-mutation). docs/testing.md records the last full run.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+WORK="${WORK:-/tmp/messi-mutation}"
+PY="$ROOT/.venv/bin/python"
+[ -x "$PY" ] || { echo "error: run 'bash scripts/setup.sh' first" >&2; exit 2; }
+"$PY" -m pip install -q "mutmut==3.8.1"
+
+# the modules mutated and the tests that guard each (mutmut runs, per mutant, only the tests
+# among these that execute the mutated function)
+MODULES=(src/messi/clustering.py src/messi/factorize.py src/messi/layers.py src/messi/compress.py
+         src/messi/glue/metrics.py src/messi/glue/report.py)
+TESTS=(tests/test_clustering.py tests/test_factorize.py tests/test_layers.py tests/test_compress.py
+       tests/glue/test_metrics.py tests/glue/test_report.py)
+
+rm -rf "$WORK" && mkdir -p "$WORK"
+cp -r "$ROOT/src" "$ROOT/tests" "$ROOT/pyproject.toml" "$WORK/"
+# the scratch copy is not beside ../shared: point the data readers at the real folders
+export MESSI_GLUE_DIR="${MESSI_GLUE_DIR:-$(cd "$ROOT/../shared/data/glue" && pwd)}"
+# mutmut forks one process per mutant; single-threaded torch keeps forked children from hanging
+# in a copied OpenMP pool (and 2 mutants run at once anyway)
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 MESSI_TEST_THREADS=1
+quote() { printf '"%s", ' "$@" | sed 's/, $//'; }
+{
+  echo
+  echo "[tool.mutmut]"
+  echo "source_paths = [\"src/messi\"]"
+  echo "only_mutate = [$(quote "${MODULES[@]}")]"
+  echo "pytest_add_cli_args_test_selection = [$(quote "${TESTS[@]}")]"
+  echo "pytest_add_cli_args = [\"-x\", \"-q\", \"-p\", \"no:cacheprovider\"]"
+  echo "process_isolation = \"${ISOLATION:-fork}\""
+} >> "$WORK/pyproject.toml"
+
+cd "$WORK"
+"$ROOT/.venv/bin/mutmut" run "$@" || true
+"$ROOT/.venv/bin/mutmut" results --all true > results.txt
+echo "per-mutant results: $WORK/results.txt; show one with: cd $WORK && $ROOT/.venv/bin/mutmut show NAME"
+"$PY" "$ROOT/scripts/mutation_score.py" results.txt "$ROOT/scripts/mutation_equivalent.txt" | tee score.md

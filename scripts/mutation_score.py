@@ -1,0 +1,80 @@
+"""Mutation score per module from ``mutmut results --all true``, equivalent mutants set aside.
+
+    python scripts/mutation_score.py RESULTS.txt [EQUIVALENT.txt]
+
+EQUIVALENT.txt (default: scripts/mutation_equivalent.txt) lists one mutant per line, then why
+it cannot change behaviour; such mutants count neither as killed nor as survived. The score is
+killed (timeouts included) / (killed + survived + no tests), per module and in all; mutants that
+were not checked are shown and never counted as killed.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+KILLED = {"killed", "timeout", "segfault"}
+FAILED = {"survived", "no tests"}
+
+
+def read_results(path: Path) -> dict[str, str]:
+    """mutant name -> status ("killed", "survived", "no tests", "not checked", ...)."""
+    out = {}
+    for line in path.read_text().splitlines():
+        match = re.match(r"\s*(\S+): (.+?)\s*$", line)
+        if match:
+            out[match.group(1)] = match.group(2)
+    return out
+
+
+def read_equivalent(path: Path) -> dict[str, str]:
+    """mutant name -> reason, from lines ``NAME  reason`` (# comments and blank lines skipped)."""
+    if not path.is_file():
+        return {}
+    out = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, _, reason = line.partition(" ")
+            out[name] = reason.strip()
+    return out
+
+
+def module_of(name: str) -> str:
+    return name.split(".x")[0].split(".xǁ")[0]
+
+
+def table(results: dict[str, str], equivalent: dict[str, str]) -> str:
+    """Markdown table: per module, mutants, killed, survived, no tests, equivalent, score."""
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for name, status in results.items():
+        key = "equivalent" if name in equivalent else status
+        counts[module_of(name)][key] += 1
+        counts["all"][key] += 1
+    rows = ["| module | mutants | killed | survived | no tests | equivalent | not checked | score |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for module in sorted(counts, key=lambda m: (m == "all", m)):
+        c = counts[module]
+        killed = sum(c[s] for s in KILLED)
+        failed = sum(c[s] for s in FAILED)
+        score = f"{100 * killed / (killed + failed):.1f}%" if killed + failed else "—"
+        rows.append(f"| {module} | {sum(c.values())} | {killed} | {c['survived']} | {c['no tests']} | "
+                    f"{c['equivalent']} | {c['not checked']} | {score} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str]) -> None:
+    results = read_results(Path(argv[1]))
+    equivalent = read_equivalent(Path(argv[2]) if len(argv) > 2
+                                 else Path(__file__).with_name("mutation_equivalent.txt"))
+    print(table(results, equivalent))
+    survivors = [n for n, s in results.items() if s in FAILED and n not in equivalent]
+    if survivors:
+        print(f"\n{len(survivors)} surviving mutants (not listed as equivalent):")
+        print("\n".join(f"- {n} ({results[n]})" for n in sorted(survivors)))
+
+
+if __name__ == "__main__":
+    main(sys.argv)
