@@ -310,3 +310,36 @@ def test_a_run_from_an_empty_cluster_ends_with_every_cluster_used():
     counts = torch.bincount(run.labels, minlength=3)
     assert int((counts >= 2).sum()) == 3
     assert run.cost < run.history[0]
+
+
+def test_robust_costs_and_irls_weights_by_hand():
+    from messi.clustering import robust_cost, row_weights
+
+    residuals = torch.tensor([0.0, 0.25, 4.0, 9.0])  # distances 0, 0.5, 2, 3
+    w = torch.tensor([1.0, 2.0, 0.5, 1.0])
+    assert robust_cost(residuals, "l2", 1.0) == pytest.approx(13.25)
+    assert robust_cost(residuals, "l2", 1.0, w) == pytest.approx(0.5 + 2.0 + 9.0)
+    assert robust_cost(residuals, "l1", 1.0) == pytest.approx(5.5)
+    assert robust_cost(residuals, "l1", 1.0, w) == pytest.approx(1.0 + 1.0 + 3.0)
+    # huber, delta 1: 0.5 d^2 inside (0, 0.125), delta (d - delta/2) outside (1.5, 2.5)
+    assert robust_cost(residuals, "huber", 1.0) == pytest.approx(0.125 + 1.5 + 2.5)
+    # delta 2: a distance of exactly delta is inside (0.5 * 4 = 2 either way); 3 -> 2 * (3 - 1) = 4
+    assert robust_cost(residuals, "huber", 2.0) == pytest.approx(0.125 + 2.0 + 4.0)
+    assert row_weights(residuals, "l2", 1.0) is None
+    l1 = row_weights(residuals, "l1", 1.0)
+    assert l1[1:].tolist() == pytest.approx([2.0, 0.5, 1 / 3])
+    assert l1[0] == pytest.approx(1e12)  # a row on its subspace: clamped, not infinite
+    assert row_weights(residuals, "huber", 1.0).tolist() == pytest.approx([1.0, 1.0, 0.5, 1 / 3])
+    assert row_weights(residuals, "huber", 2.5).tolist() == pytest.approx([1.0, 1.0, 1.0, 2.5 / 3])
+
+
+def test_predict_and_transform_take_rows_of_another_dtype():
+    X, truth = planted(n_per=40, k=2, j=2, d=6, seed=3)
+    model = ProjectiveClustering(2, 2, n_init=2, seed=0).fit(X)  # float64 fit
+    rows = X.float()
+    labels = model.predict(rows)
+    assert torch.equal(labels, model.labels_)
+    coords = model.transform(rows)  # labels found by predict when not given
+    assert coords.dtype == torch.float32
+    assert torch.allclose(coords, model.transform(rows, labels), atol=0)
+    assert torch.allclose(coords.double(), model.transform(X), atol=1e-5)

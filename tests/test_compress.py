@@ -1,6 +1,7 @@
 """compress / save / load on the real shipped model and on small models of other architectures."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,6 +101,9 @@ def test_other_architectures_roundtrip(tmp_path, name):
         kw["num_hidden_layers"] = 2
     torch.manual_seed(0)
     model = model_cls(config_cls(**kw)).eval()
+    with torch.no_grad():  # biases start at zero: a lost or untied bias would go unseen
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
     messi.compress(model, method="messi", ratio=0.3, k=2, n_init=1, max_iter=5)
     messi.save(model, tmp_path / name)
     again = messi.load(tmp_path / name)
@@ -214,3 +218,73 @@ def test_many_clusters_keep_their_ids(tmp_path):
     again = messi.load(tmp_path / "m").get_input_embeddings()
     assert torch.equal(again.labels, emb.labels)
     assert torch.equal(again.weight, emb.weight)
+
+
+@pytest.mark.parametrize("method", ["svd", "messi"])
+@pytest.mark.parametrize("name", ["bert", "roberta"])  # roberta: a tied masked-LM head
+def test_install_empty_then_copying_the_weights_rebuilds_the_compressed_model(name, method):
+    config_cls, model_cls = TINY[name]
+    config = config_cls(vocab_size=300, hidden_size=32, num_attention_heads=2, intermediate_size=64,
+                        num_hidden_layers=2, pad_token_id=1)
+    torch.manual_seed(0)
+    original = model_cls(config).eval()
+    other = model_cls(config).eval()
+    other.load_state_dict(original.state_dict())
+    messi.compress(original, method=method, ratio=0.3, k=2, n_init=1, max_iter=5)
+    from messi.compress import install_empty
+
+    install_empty(other, original.messi_config)
+    layer = other.get_input_embeddings()
+    assert type(layer) is type(original.get_input_embeddings())
+    assert layer.padding_idx == 1 and not layer.coords.any()  # the structure, not the weights yet
+    assert other.state_dict().keys() == original.state_dict().keys()
+    other.load_state_dict(original.state_dict())
+    ids = torch.tensor([[3, 17, 1, 42, 5]])
+    with torch.no_grad():
+        a, b = original(input_ids=ids), other(input_ids=ids)
+    first = a.logits if hasattr(a, "logits") else a.last_hidden_state
+    assert torch.equal(first, b.logits if hasattr(b, "logits") else b.last_hidden_state)
+    assert other.messi_config == original.messi_config
+
+
+def test_load_tokenizer_from_a_folder_a_built_in_name_or_nothing(compressed, tmp_path, minilm_dir):
+    _, path = compressed["svd"]
+    ids = messi.load_tokenizer(minilm_dir)("a cat")["input_ids"]
+    assert messi.load_tokenizer(path)("a cat")["input_ids"] == ids  # saved with the compressed folder
+    assert messi.load_tokenizer("minilm")("a cat")["input_ids"] == ids
+    assert messi.load_tokenizer(None)("a cat")["input_ids"] == ids  # the built-in default
+    assert messi.load_tokenizer(tmp_path) is None  # a folder without tokenizer files
+
+
+def _rewrite_weights(folder, change):
+    """Apply ``change`` to the folder's tensors and metadata, and record the new sha256."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from messi.folder import sha256_file
+
+    file = folder / "model.safetensors"
+    with safe_open(str(file), framework="pt") as f:
+        metadata = f.metadata()
+    tensors, metadata = change(load_file(str(file)), metadata)
+    save_file(tensors, str(file), metadata=metadata)
+    info = json.loads((folder / "messi.json").read_text())
+    (folder / "messi.json").write_text(json.dumps({**info, "weights_sha256": sha256_file(file)}))
+
+
+def test_weights_written_without_alias_metadata_load(compressed, tmp_path, tokens):
+    import shutil
+
+    model, path = compressed["svd"]
+    copy = Path(shutil.copytree(path, tmp_path / "plain"))
+    _rewrite_weights(copy, lambda tensors, metadata: (tensors, {"format": "pt"}))  # untied: no aliases needed
+    assert torch.equal(hidden(messi.load(copy), tokens), hidden(model, tokens))
+
+
+def test_a_tensor_the_model_does_not_have_is_refused(compressed, tmp_path):
+    import shutil
+
+    copy = Path(shutil.copytree(compressed["svd"][1], tmp_path / "extra"))
+    _rewrite_weights(copy, lambda tensors, metadata: ({**tensors, "stray.weight": torch.zeros(2)}, metadata))
+    with pytest.raises(MessiError, match="is corrupt or does not match messi.json"):
+        messi.load(copy)

@@ -83,3 +83,11 @@ def test_relative_error_weighs_rows():
     approx = torch.tensor([[0.0, 0.0], [0.0, 2.0]])
     assert relative_error(A, approx) == pytest.approx(1 / 5)
     assert relative_error(A, approx, torch.tensor([3.0, 1.0])) == pytest.approx(3 / (3 + 4))
+
+
+def test_svd_factors_keep_the_matrix_dtype_and_long_labels():
+    X = torch.randn(30, 6, generator=torch.Generator().manual_seed(1))  # float32
+    w = torch.rand(30, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) + 0.1
+    f = svd_factorize(X, 3, sample_weight=w)
+    assert f.coords.dtype == f.bases.dtype == torch.float32
+    assert f.labels.dtype == torch.long and f.labels.shape == (30,) and not f.labels.any()

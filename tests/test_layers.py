@@ -76,3 +76,16 @@ def test_parameter_counts(n, d, k, data):
     ms = ProjectiveEmbedding(n, d, j, k)
     assert ms.num_factor_parameters() == n * j + k * j * d
     assert ms(torch.zeros(2, 3, dtype=torch.long)).shape == (2, 3, d)
+
+
+@pytest.mark.parametrize("which", ["svd", "messi"])
+def test_padding_row_without_a_given_vector_is_zero(which):
+    X = torch.randn(20, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    factors = svd_factorize(X, 2) if which == "svd" else messi_factorize(X, 2, 2, seed=0, n_init=1)
+    cls = FactorizedEmbedding if which == "svd" else ProjectiveEmbedding
+    layer = cls.from_factors(factors, padding_idx=3)
+    assert layer.coords.dtype == torch.float64
+    assert torch.equal(layer(torch.tensor([3]))[0], torch.zeros(6, dtype=torch.float64))
+    assert torch.allclose(layer(torch.tensor([4]))[0], factors.reconstruct()[4])
+    no_pad = cls.from_factors(factors, padding_idx=None, padding_vector=torch.ones(6))
+    assert torch.allclose(no_pad.weight, factors.reconstruct())  # a vector without an index is unused
