@@ -227,8 +227,8 @@ def test_install_empty_then_copying_the_weights_rebuilds_the_compressed_model(na
     config = config_cls(vocab_size=300, hidden_size=32, num_attention_heads=2, intermediate_size=64,
                         num_hidden_layers=2, pad_token_id=1)
     torch.manual_seed(0)
-    original = model_cls(config).eval()
-    other = model_cls(config).eval()
+    original = model_cls(config).eval().double()  # not the default dtype: the layer must follow
+    other = model_cls(config).eval().double()
     other.load_state_dict(original.state_dict())
     messi.compress(original, method=method, ratio=0.3, k=2, n_init=1, max_iter=5)
     from messi.compress import install_empty
@@ -237,6 +237,7 @@ def test_install_empty_then_copying_the_weights_rebuilds_the_compressed_model(na
     layer = other.get_input_embeddings()
     assert type(layer) is type(original.get_input_embeddings())
     assert layer.padding_idx == 1 and not layer.coords.any()  # the structure, not the weights yet
+    assert layer.coords.dtype == torch.float64
     assert other.state_dict().keys() == original.state_dict().keys()
     other.load_state_dict(original.state_dict())
     ids = torch.tensor([[3, 17, 1, 42, 5]])
@@ -254,6 +255,8 @@ def test_load_tokenizer_from_a_folder_a_built_in_name_or_nothing(compressed, tmp
     assert messi.load_tokenizer("minilm")("a cat")["input_ids"] == ids
     assert messi.load_tokenizer(None)("a cat")["input_ids"] == ids  # the built-in default
     assert messi.load_tokenizer(tmp_path) is None  # a folder without tokenizer files
+    with pytest.raises(MessiError, match="no-such-model"):
+        messi.load_tokenizer("no-such-model")  # neither a folder nor a built-in name
 
 
 def _rewrite_weights(folder, change):

@@ -61,6 +61,9 @@ def test_attend_equals_product_with_table(which):
     head = TiedOutputEmbedding(layer, nn.Parameter(torch.randn(50)))
     assert torch.allclose(head(h), h @ layer.weight.T + head.bias, atol=1e-5)
     assert len(list(head.parameters())) == 1  # the table is referenced, not owned
+    assert (head.in_features, head.out_features) == (12, 50)  # nn.Linear's names, for code that reads them
+    no_bias = TiedOutputEmbedding(layer)
+    assert no_bias.bias is None and torch.equal(no_bias(h), layer.attend(h))
 
 
 def test_label_buffer_is_small_and_not_a_parameter():

@@ -177,6 +177,13 @@ def test_report_figure_shows_the_averages_and_the_paired_drops(tmp_path, monkeyp
     whiskers = bars["svd 40%"].errorbar.lines[2][0].get_segments()
     assert [seg[1][1] - seg[0][1] for seg in whiskers] == pytest.approx([2 * 2 ** 0.5, 0.0])
     assert any(ln.get_ydata()[0] == 0 for ln in right.get_lines())  # the zero line
+    assert right.get_ylabel() == "score - uncompressed (points)"
+    assert right.get_title() == "Per-task drop without recovery (paired by seed)"
+    assert left.get_title() == "Accuracy against embedding size"
+    assert lines["svd (after recovery)"] and left.get_lines()[1].get_marker() == "*"
+    styles = {ln.get_label(): (ln.get_linestyle(), ln.get_marker()) for ln in left.get_lines()}
+    assert styles["svd (after recovery)"] == ("-", "o") and styles["svd (no recovery)"] == ("--", "x")
+    assert left.get_legend() is not None and right.get_legend() is not None
 
 
 def test_bad_sweep_folders_are_named_with_the_fix(tmp_path):
@@ -197,3 +204,57 @@ def test_bad_sweep_folders_are_named_with_the_fix(tmp_path):
     with pytest.raises(MessiError, match="corrupt|lacks"):
         load_records(folder)
     assert [r["seed"] for r in load_records(_write_sweep(tmp_path / "ok", GOLDEN[:2]))] == [1, 2]
+
+
+def test_report_files_and_the_stages_a_sweep_did_not_run(tmp_path, monkeypatch):
+    from messi import io
+
+    monkeypatch.setattr(io, "save_png", lambda fig, path: None)
+    # --recovery-epochs 0: compressed cells only have the no-recovery stage
+    zero = [_record("rte", 1, "none", 0.0, 0.60), _record("sst2", 1, "none", 0.0, 0.90),
+            {**_record("rte", 1, "svd", 0.4, 0.50, 0.50), "epochs": 0},
+            {**_record("sst2", 1, "svd", 0.4, 0.80, 0.80), "epochs": 0}]
+    folder = _write_sweep(tmp_path / "zero", zero)
+    md_path, png_path, md = write_report(folder)
+    assert (md_path, png_path) == (folder / "report.md", folder / "report.png")
+    assert "## After recovery fine-tuning" not in md and "### After recovery" not in md
+    assert "| rte | 60.0 | 50.0 |" in md and "| sst2 | 90.0 | 80.0 |" in md
+    assert "| rte | 1 | -10.00 |" in md and "| **average** | | **-10.00** |" in md
+    assert "without wnli" not in md  # two tasks, neither is WNLI
+    # compress-first: compressed cells have no no-recovery stage
+    first = [_record("rte", 1, "none", 0.0, 0.60), _record("rte", 1, "messi", 0.4, 0.58)]
+    md = write_report(_write_sweep(tmp_path / "first", first))[2]
+    assert "## After recovery fine-tuning" in md and "## Without recovery" not in md
+    assert "| rte | 60.0 | 58.0 |" in md and "| rte | 1 | -2.00 |" in md
+
+
+def test_task_sets_and_unpaired_seeds():
+    from messi.glue.report import _difference, _task_sets
+
+    assert _task_sets(["rte", "wnli"]) == [("average", ["rte", "wnli"]), ("average without wnli", ["rte"])]
+    assert _task_sets(["wnli"]) == [("average", ["wnli"])]
+    assert _task_sets(["rte", "sst2"]) == [("average", ["rte", "sst2"])]
+    assert _difference({1: 2.0, 2: 5.0}, {2: 1.0, 3: 4.0}) == {2: 4.0}  # only seeds both have
+    drops = paired_drops(GOLDEN)
+    assert not any(column == "none" for column, _ in drops)
+    assert set(drops) == {(c, s) for c in ("svd 40%", "messi 40%") for s in ("recovery", "no_recovery")} | {
+        ("svd 60%", "no_recovery")}
+
+
+def test_messi_minus_svd_needs_both_at_that_ratio():
+    from messi.glue.report import _drop_table
+
+    drops = paired_drops(GOLDEN + [{**_record("wnli", 1, "messi", 0.6, 0.30, 0.30), "epochs": 0,
+                                    "embedding_params": 41}])
+    columns = ["none", "svd 40%", "messi 40%", "svd 60%", "messi 60%"]
+    lines = _drop_table(drops, columns, ["rte", "wnli"], "no_recovery", {"rte": 2, "wnli": 2})
+    assert lines[0] == "| task | seeds | svd 40% | messi 40% | svd 60% | messi 60% | messi − svd 40% | messi − svd 60% |"
+    # svd 60% has only RTE seed 1 and messi 60% only WNLI seed 1: no seed to pair
+    assert lines[2] == "| rte | 2 | -9.00 ± 1.41 | -4.50 ± 0.71 | -20.00 | — | +4.50 ± 0.71 | — |"
+    assert lines[3] == "| wnli | 2 | -10.00 ± 0.00 | -5.00 ± 1.41 | — | -20.00 | +5.00 ± 1.41 | — |"
+
+
+def test_report_colours_are_one_per_method():
+    from messi.glue.report import _color
+
+    assert [_color(m) for m in ("svd", "messi", "svd+cal", "messi+cal", "other")] == ["C0", "C1", "C2", "C3", "C4"]

@@ -55,8 +55,9 @@ STAGES = (("recovery", "metrics"), ("no_recovery", "no_recovery"))
 
 def _stage_metrics(r: dict, stage: str, key: str) -> dict | None:
     """The record's metrics for ``stage``; a compressed cell run with --recovery-epochs 0 has no
-    "after recovery" stage (its metrics are the no-recovery ones)."""
-    if stage == "recovery" and r["method"] != "none" and r.get("no_recovery") and r.get("epochs") == 0:
+    "after recovery" stage (its metrics are the no-recovery ones). Uncompressed cells have no
+    no-recovery metrics, so they always keep theirs."""
+    if stage == "recovery" and r.get("no_recovery") and r.get("epochs") == 0:
         return None
     return r.get(key)
 
@@ -122,7 +123,7 @@ def _drop_table(drops, columns: list[str], tasks: list[str], stage: str, seeds_o
     names = list(table)
     lines = ["| task | seeds | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
     for t in tasks:
-        lines.append(f"| {t} | {seeds_of.get(t, 0)} | "
+        lines.append(f"| {t} | {seeds_of[t]} | "
                      + " | ".join(_mean_spread(list(table[c].get(t, {}).values()), "+.2f", ".2f") for c in names) + " |")
     for label, subset in _task_sets(tasks):
         lines.append(f"| **{label}** | | " + " | ".join(_average_drop(table[c], subset) for c in names) + " |")
