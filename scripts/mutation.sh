@@ -4,6 +4,7 @@
 #
 #   bash scripts/mutation.sh                       # all six modules
 #   bash scripts/mutation.sh "messi.glue.metrics*" # mutmut's mutant-name globs: one module
+#   bash scripts/mutation.sh --survivors           # after adding tests: rerun what survived
 #
 # Prints mutmut's per-mutant results and writes the score table to $WORK/score.md
 # (WORK defaults to /tmp/messi-mutation). docs/testing.md records the last full run.
@@ -21,6 +22,21 @@ MODULES=(src/messi/clustering.py src/messi/factorize.py src/messi/layers.py src/
 TESTS=(tests/test_clustering.py tests/test_factorize.py tests/test_layers.py tests/test_compress.py
        tests/test_folder.py tests/test_auto.py tests/test_models.py tests/test_validation.py
        tests/glue/test_metrics.py tests/glue/test_report.py)
+
+if [ "${1:-}" = "--survivors" ]; then
+  # rerun only the mutants that survived the last run, against the current tests (after adding
+  # tests for them); the mutated source is left as it was
+  [ -f "$WORK/results.txt" ] || { echo "error: no earlier run in $WORK" >&2; exit 2; }
+  rm -rf "$WORK/tests" "$WORK/mutants/tests" && cp -r "$ROOT/tests" "$WORK/tests" && cp -r "$ROOT/tests" "$WORK/mutants/tests"
+  cd "$WORK"
+  export MESSI_GLUE_DIR="${MESSI_GLUE_DIR:-$(cd "$ROOT/../shared/data/glue" && pwd)}"
+  export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 MESSI_TEST_THREADS=1
+  mapfile -t names < <(grep -E ": (survived|no tests)$" results.txt | sed -E 's/^ *//; s/: .*//')
+  "$ROOT/.venv/bin/mutmut" run "${names[@]}" || true
+  "$ROOT/.venv/bin/mutmut" results --all true > results.txt
+  "$PY" "$ROOT/scripts/mutation_score.py" results.txt "$ROOT/scripts/mutation_equivalent.txt" | tee score.md
+  exit 0
+fi
 
 rm -rf "$WORK" && mkdir -p "$WORK"
 cp -r "$ROOT/src" "$ROOT/tests" "$ROOT/pyproject.toml" "$WORK/"

@@ -258,3 +258,15 @@ def test_report_colours_are_one_per_method():
     from messi.glue.report import _color
 
     assert [_color(m) for m in ("svd", "messi", "svd+cal", "messi+cal", "other")] == ["C0", "C1", "C2", "C3", "C4"]
+
+
+def test_a_nan_score_is_shown_as_nan(tmp_path, monkeypatch):
+    # a model that predicts one constant has an undefined Pearson/Matthews: shown, not hidden
+    from messi import io
+    from messi.glue.report import _mean_spread
+
+    assert _mean_spread([float("nan")]) == "nan" and _mean_spread([1.0, float("nan")]) == "nan ± nan"
+    monkeypatch.setattr(io, "save_png", lambda fig, path: None)
+    records = [_record("rte", 1, "none", 0.0, 0.60), _record("rte", 1, "svd", 0.4, float("nan"), 0.5)]
+    md = write_report(_write_sweep(tmp_path / "nan", records))[2]
+    assert "| rte | 60.0 | nan |" in md and "| rte | 1 | +nan |" in md and "| **average** | **60.00** | **nan** |" in md

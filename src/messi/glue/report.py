@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import statistics
 from collections import defaultdict
 from pathlib import Path
+
+import numpy as np
 
 from ..errors import MessiError
 from .metrics import glue_score
@@ -28,6 +29,15 @@ def load_records(sweep_dir: Path) -> list[dict]:
     return records
 
 
+def _mean(values) -> float:
+    return float(np.mean(list(values)))
+
+
+def _std(values) -> float:
+    """Sample standard deviation; NaN (not a crash, as in ``statistics``) if a value is NaN."""
+    return float(np.std(list(values), ddof=1))
+
+
 def _column(r: dict) -> str:
     return "none" if r["method"] == "none" else f"{r['method']} {r['ratio']:.0%}"
 
@@ -46,7 +56,7 @@ def _mean_spread(values: list[float], fmt: str = ".1f", spread_fmt: str = ".1f")
         return "—"
     if len(values) == 1:
         return format(values[0], fmt)
-    return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), spread_fmt)}"
+    return f"{format(_mean(values), fmt)} ± {format(_std(values), spread_fmt)}"
 
 
 #: (stage, the metrics.json key holding that stage's metrics)
@@ -107,8 +117,8 @@ def _average_drop(by_task: dict[str, dict], tasks: list[str]) -> str:
     common = set.intersection(*(set(by_task[t]) for t in tasks))
     if len(common) < 2:
         return f"**{mean:+.2f}**"
-    per_seed = [statistics.mean(by_task[t][s] for t in tasks) for s in sorted(common)]
-    return f"**{mean:+.2f}** ± {statistics.stdev(per_seed):.2f}"
+    per_seed = [_mean(by_task[t][s] for t in tasks) for s in sorted(common)]
+    return f"**{mean:+.2f}** ± {_std(per_seed):.2f}"
 
 
 def _drop_table(drops, columns: list[str], tasks: list[str], stage: str, seeds_of: dict) -> list[str]:
@@ -142,7 +152,7 @@ def _task_sets(tasks: list[str]) -> list[tuple[str, list[str]]]:
 def _average(by_task: dict[str, list[float]], tasks: list[str]) -> float | None:
     if any(not by_task.get(t) for t in tasks):
         return None
-    return statistics.mean(statistics.mean(by_task[t]) for t in tasks)
+    return _mean(_mean(by_task[t]) for t in tasks)
 
 
 def write_report(sweep_dir: str | Path) -> tuple[Path, Path, str]:
@@ -237,8 +247,8 @@ def _plot_drops(ax, drops, columns: list[str], tasks: list[str]) -> None:
     for i, col in enumerate(columns):
         by_task = drops.get((col, "no_recovery"), {})
         values = [list(by_task.get(t, {}).values()) for t in tasks]
-        means = [statistics.mean(v) if v else 0.0 for v in values]
-        spread = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
+        means = [_mean(v) if v else 0.0 for v in values]
+        spread = [_std(v) if len(v) > 1 else 0.0 for v in values]
         ax.bar([x + (i - (len(columns) - 1) / 2) * width for x in range(len(tasks))], means, width,
                yerr=spread, capsize=2, label=col, color=_color(col.split()[0]),
                hatch=None if col.split()[1] == first_ratio else "//", edgecolor="white")
