@@ -1,9 +1,9 @@
 """Mutation score per module from ``mutmut results --all true``, equivalent mutants set aside.
 
-    python scripts/mutation_score.py RESULTS.txt [EQUIVALENT.txt]
+    python scripts/mutation_score.py EQUIVALENT.txt RESULTS.txt [RESULTS.txt ...]
 
-EQUIVALENT.txt (default: scripts/mutation_equivalent.txt) lists one mutant per line, then why
-it cannot change behaviour; such mutants count neither as killed nor as survived. The score is
+EQUIVALENT.txt (scripts/mutation_equivalent.txt) lists one mutant per line, then why it cannot
+change behaviour; such mutants count neither as killed nor as survived. The score is
 killed (timeouts included) / (killed + survived + no tests), per module and in all; mutants that
 were not checked are shown and never counted as killed.
 """
@@ -66,14 +66,19 @@ def table(results: dict[str, str], equivalent: dict[str, str]) -> str:
 
 
 def main(argv: list[str]) -> None:
-    results = read_results(Path(argv[1]))
-    equivalent = read_equivalent(Path(argv[2]) if len(argv) > 2
-                                 else Path(__file__).with_name("mutation_equivalent.txt"))
+    equivalent = read_equivalent(Path(argv[1]))
+    results = {}
+    for path in argv[2:]:
+        results.update(read_results(Path(path)))
     print(table(results, equivalent))
     survivors = [n for n, s in results.items() if s in FAILED and n not in equivalent]
     if survivors:
         print(f"\n{len(survivors)} surviving mutants (not listed as equivalent):")
         print("\n".join(f"- {n} ({results[n]})" for n in sorted(survivors)))
+    unused = sorted(set(equivalent) - set(results))
+    if unused:
+        print(f"\n{len(unused)} listed as equivalent but not in these results (renamed by a code change?): "
+              + ", ".join(unused))
 
 
 if __name__ == "__main__":

@@ -91,3 +91,46 @@ def test_svd_factors_keep_the_matrix_dtype_and_long_labels():
     f = svd_factorize(X, 3, sample_weight=w)
     assert f.coords.dtype == f.bases.dtype == torch.float32
     assert f.labels.dtype == torch.long and f.labels.shape == (30,) and not f.labels.any()
+
+
+def test_checks_of_ratio_and_rank():
+    from messi.factorize import check_rank, check_ratio
+
+    assert check_ratio(0.4) == 0.4 and check_ratio(0.999) == 0.999
+    for bad in (0.0, 1.0, 1.5, -0.1, True, False, "0.4", float("nan")):
+        with pytest.raises(MessiError, match="ratio must be strictly between 0 and 1"):
+            check_ratio(bad)
+    assert check_rank(1, 10) == 1 and check_rank(9, 10) == 9
+    for bad in (0, 10, 11, -1, True, 2.0, "3"):
+        with pytest.raises(MessiError, match=r"rank must be an integer in \[1, 9\]"):
+            check_rank(bad, 10)
+
+
+def test_rank_for_ratio_at_the_edges():
+    # n=100, d=10, k=1: compression(j) = 1 - 0.11 j, so j <= (1 - ratio) / 0.11
+    assert [rank_for_ratio(100, 10, 1, r) for r in (0.005, 0.05, 0.13, 0.40, 0.85)] == [9, 8, 7, 5, 1]
+    exact = compression(100, 10, 1, 6)  # a ratio that rank 6 reaches exactly (as reported)
+    assert rank_for_ratio(100, 10, 1, exact) == 6
+    assert rank_for_ratio(10 ** 6, 10, 1, 0.05) == 9  # every rank below d reaches a small ratio
+    with pytest.raises(MessiError, match="no rank >= 1 reaches 90% compression with k=1"):
+        rank_for_ratio(100, 10, 1, 0.9)
+    with pytest.raises(MessiError, match="k must be >= 1"):
+        rank_for_ratio(100, 10, 0, 0.4)
+
+
+def test_messi_factorize_passes_every_setting_to_the_clustering():
+    from messi import ProjectiveClustering
+
+    g = torch.Generator().manual_seed(4)
+    X = torch.randn(120, 6, generator=g, dtype=torch.float64)
+    w = torch.rand(120, generator=g, dtype=torch.float64) * 3
+    settings = dict(seed=6, n_init=2, max_iter=7, tol=1e-3, loss="huber")
+    f = messi_factorize(X, 3, 2, sample_weight=w, **settings)
+    pc = ProjectiveClustering(n_clusters=3, rank=2, **settings).fit(X, sample_weight=w)
+    assert torch.equal(f.labels, pc.labels_) and torch.equal(f.bases, pc.bases_)
+    # and each of them matters on this data
+    for change in (dict(seed=7), dict(n_init=1), dict(max_iter=1), dict(tol=0.5), dict(loss="l2")):
+        other = messi_factorize(X, 3, 2, sample_weight=w, **{**settings, **change})
+        assert not torch.equal(other.bases, f.bases), change
+    assert not torch.equal(messi_factorize(X, 3, 2, **settings).bases, f.bases)  # the weights
+    assert messi_factorize(X, 2, 2, **settings).bases.shape == (2, 2, 6)

@@ -92,3 +92,16 @@ def test_padding_row_without_a_given_vector_is_zero(which):
     assert torch.allclose(layer(torch.tensor([4]))[0], factors.reconstruct()[4])
     no_pad = cls.from_factors(factors, padding_idx=None, padding_vector=torch.ones(6))
     assert torch.allclose(no_pad.weight, factors.reconstruct())  # a vector without an index is unused
+
+
+def test_cluster_ids_use_the_smallest_integer_type_that_holds_them():
+    from messi.layers import _label_dtype
+
+    assert [_label_dtype(k) for k in (1, 256, 257, 32768, 32769)] == [
+        torch.uint8, torch.uint8, torch.int16, torch.int16, torch.int32]
+
+
+def test_negative_padding_index_counts_from_the_end_and_rank_is_kept():
+    layer = ProjectiveEmbedding(50, 12, 4, 3, padding_idx=-1)
+    assert layer.padding_idx == 49 and layer.rank == 4 and layer.n_clusters == 3
+    assert FactorizedEmbedding(50, 12, 5, padding_idx=-2).padding_idx == 48

@@ -7,6 +7,7 @@ Both return coordinates (n, j) and orthonormal bases (k, j, d) with k = 1 for SV
 
 from __future__ import annotations
 
+import bisect
 import numbers
 from dataclasses import dataclass
 
@@ -51,8 +52,8 @@ def compression(n: int, d: int, k: int, rank: int) -> float:
 
 
 def check_ratio(ratio: float) -> float:
-    """``ratio`` as a float, or MessiError unless 0 < ratio < 1."""
-    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not 0.0 < float(ratio) < 1.0:
+    """``ratio`` as a float, or MessiError unless 0 < ratio < 1 (True and False are 1 and 0)."""
+    if not isinstance(ratio, numbers.Real) or not 0.0 < float(ratio) < 1.0:
         raise MessiError(f"ratio must be strictly between 0 and 1 (e.g. 0.4 for -40%), got {ratio!r}")
     return float(ratio)
 
@@ -62,20 +63,15 @@ def rank_for_ratio(n: int, d: int, k: int, ratio: float) -> int:
     check_ratio(ratio)
     if k < 1:
         raise MessiError(f"k must be >= 1, got {k}")
-    budget = (1.0 - ratio) * n * d
-    j = int(budget // (n + k * d))
-    while j >= 1 and compression(n, d, k, j) < ratio:  # guard the float division above
-        j -= 1
-    while compression(n, d, k, j + 1) >= ratio and j + 1 < d:
-        j += 1
+    # compression falls as j grows: bisect for the first j in 1..d-1 that misses the ratio, with
+    # the very function that reports the compression (no float disagreement at the boundary)
+    j = bisect.bisect_left(range(1, d), True, key=lambda j: compression(n, d, k, j) < ratio)
     if j < 1:
         best = compression(n, d, k, 1)
         raise MessiError(
             f"no rank >= 1 reaches {ratio:.0%} compression with k={k} on a {n} x {d} matrix "
             f"(rank 1 gives {best:.1%}); lower the ratio or k"
         )
-    if j >= d:
-        raise MessiError(f"ratio {ratio} is too small to need a rank below {d}; raise it")
     return j
 
 
@@ -96,16 +92,14 @@ def svd_factorize(A, rank: int, sample_weight=None) -> Factors:
     return Factors(X @ basis.T, basis[None], labels)
 
 
-def messi_factorize(A, k: int, rank: int, seed: int = 0, n_init: int = 4, max_iter: int = 50,
-                    tol: float = 1e-4, loss: str = "l2", verbose: bool = False,
-                    sample_weight=None) -> Factors:
+def messi_factorize(A, k: int, rank: int, sample_weight=None, **settings) -> Factors:
     """MESSI: (k, j)-projective clustering of the rows of ``A`` (n, d), weighted by
     ``sample_weight`` (n,) if given, then every row's coordinates (n, j) in its cluster's
-    basis (k, j, d)."""
+    basis (k, j, d). ``settings`` are ``ProjectiveClustering``'s (seed, n_init, max_iter, tol,
+    loss, verbose, ...), with its defaults."""
     X = as_matrix(A)
     check_rank(rank, X.shape[1])
-    pc = ProjectiveClustering(n_clusters=k, rank=rank, n_init=n_init, max_iter=max_iter, tol=tol,
-                              seed=seed, loss=loss, verbose=verbose).fit(X, sample_weight=sample_weight)
+    pc = ProjectiveClustering(n_clusters=k, rank=rank, **settings).fit(X, sample_weight=sample_weight)
     return Factors(coordinates(X, pc.bases_, pc.labels_), pc.bases_, pc.labels_)
 
 

@@ -151,6 +151,9 @@ def test_report_figure_shows_the_averages_and_the_paired_drops(tmp_path, monkeyp
     assert left.get_xlabel() == "embedding parameters (millions)"
     assert left.get_ylabel() == "GLUE average over 2 task(s)"
     lines = {ln.get_label(): (list(ln.get_xdata()), list(ln.get_ydata())) for ln in left.get_lines()}
+    assert {label for label in lines if not label.startswith("_")} == {
+        "uncompressed (0.0M)", "svd (after recovery)", "svd (no recovery)", "messi (after recovery)",
+        "messi (no recovery)"}
     assert lines["uncompressed (0.0M)"] == ([100e-6], [pytest.approx(58.5)])
     assert lines["svd (after recovery)"] == ([60e-6], [pytest.approx(54.5)])
     assert lines["svd (no recovery)"] == ([60e-6], [pytest.approx(49.0)])  # svd 60% lacks wnli: no point
@@ -207,9 +210,12 @@ def test_bad_sweep_folders_are_named_with_the_fix(tmp_path):
 
 
 def test_report_files_and_the_stages_a_sweep_did_not_run(tmp_path, monkeypatch):
+    from matplotlib.container import BarContainer
+
     from messi import io
 
-    monkeypatch.setattr(io, "save_png", lambda fig, path: None)
+    figures = []
+    monkeypatch.setattr(io, "save_png", lambda fig, path: figures.append(fig))
     # --recovery-epochs 0: compressed cells only have the no-recovery stage
     zero = [_record("rte", 1, "none", 0.0, 0.60), _record("sst2", 1, "none", 0.0, 0.90),
             {**_record("rte", 1, "svd", 0.4, 0.50, 0.50), "epochs": 0},
@@ -221,6 +227,12 @@ def test_report_files_and_the_stages_a_sweep_did_not_run(tmp_path, monkeypatch):
     assert "| rte | 60.0 | 50.0 |" in md and "| sst2 | 90.0 | 80.0 |" in md
     assert "| rte | 1 | -10.00 |" in md and "| **average** | | **-10.00** |" in md
     assert "without wnli" not in md  # two tasks, neither is WNLI
+    bars = [c for c in figures[-1].axes[1].containers if isinstance(c, BarContainer)]
+    assert [c.get_label() for c in bars] == ["svd 40%"]
+    assert [b.get_width() for b in bars[0]] == pytest.approx([0.8, 0.8])  # one column: the full slot
+    assert [b.get_height() for b in bars[0]] == pytest.approx([-10.0, -10.0])
+    whiskers = bars[0].errorbar.lines[2][0].get_segments()
+    assert [seg[1][1] - seg[0][1] for seg in whiskers] == [0.0, 0.0]  # one seed: no spread
     # compress-first: compressed cells have no no-recovery stage
     first = [_record("rte", 1, "none", 0.0, 0.60), _record("rte", 1, "messi", 0.4, 0.58)]
     md = write_report(_write_sweep(tmp_path / "first", first))[2]
@@ -270,3 +282,11 @@ def test_a_nan_score_is_shown_as_nan(tmp_path, monkeypatch):
     records = [_record("rte", 1, "none", 0.0, 0.60), _record("rte", 1, "svd", 0.4, float("nan"), 0.5)]
     md = write_report(_write_sweep(tmp_path / "nan", records))[2]
     assert "| rte | 60.0 | nan |" in md and "| rte | 1 | +nan |" in md and "| **average** | **60.00** | **nan** |" in md
+
+
+def test_report_of_a_sweep_with_only_uncompressed_cells(tmp_path, monkeypatch):
+    from messi import io
+
+    monkeypatch.setattr(io, "save_png", lambda fig, path: None)
+    md = write_report(_write_sweep(tmp_path / "base", [_record("rte", 1, "none", 0.0, 0.6)]))[2]
+    assert "| rte | 60.0 |" in md and "### " not in md and "| none | 100 |" in md

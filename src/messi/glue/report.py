@@ -172,7 +172,9 @@ def write_report(sweep_dir: str | Path) -> tuple[Path, Path, str]:
              "STS-B Pearson/Spearman, others accuracy), mean ± std over seeds. Drop = column - none.", ""]
     for stage, title in (("recovery", "After recovery fine-tuning"), ("no_recovery", "Without recovery")):
         cols = [c for c in columns if (c, stage) in scores or (stage == "no_recovery" and c == "none")]
-        if cols == ["none"]:  # e.g. --recovery-epochs 0: no compressed cell has this stage
+        # skipped when compressed cells exist but none has this stage (--recovery-epochs 0,
+        # compress-first); a sweep of uncompressed cells alone shows its scores once
+        if cols == ["none"] and (stage == "no_recovery" or len(columns) > 1):
             continue
         lines += [f"## {title}", "", "| task | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
         for t in tasks:
@@ -257,4 +259,5 @@ def _plot_drops(ax, drops, columns: list[str], tasks: list[str]) -> None:
     ax.set_ylabel("score - uncompressed (points)")
     ax.set_title("Per-task drop without recovery (paired by seed)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    if columns:  # a sweep of uncompressed cells alone has no bars
+        ax.legend(fontsize=8)
