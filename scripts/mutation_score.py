@@ -2,8 +2,10 @@
 
     python scripts/mutation_score.py EQUIVALENT.txt RESULTS.txt [RESULTS.txt ...]
 
-EQUIVALENT.txt (scripts/mutation_equivalent.txt) lists one mutant per line, then why it cannot
-change behaviour; such mutants count neither as killed nor as survived. The score is
+EQUIVALENT.txt (scripts/mutation_equivalent.txt) lists explained survivors, one per line:
+``NAME equivalent: reason`` (cannot change behaviour) or ``NAME cosmetic: reason`` (changes only
+how a figure looks). They count neither as killed nor as survived and are shown in their own
+columns. The score is
 killed (timeouts included) / (killed + survived + no tests), per module and in all; mutants that
 were not checked are shown and never counted as killed.
 """
@@ -30,15 +32,16 @@ def read_results(path: Path) -> dict[str, str]:
 
 
 def read_equivalent(path: Path) -> dict[str, str]:
-    """mutant name -> reason, from lines ``NAME  reason`` (# comments and blank lines skipped)."""
-    if not path.is_file():
-        return {}
+    """mutant name -> category ("equivalent" or "cosmetic"), from lines ``NAME CATEGORY: why``."""
     out = {}
     for line in path.read_text().splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             name, _, reason = line.partition(" ")
-            out[name] = reason.strip()
+            category = reason.split(":", 1)[0].strip()
+            if category not in ("equivalent", "cosmetic"):
+                raise SystemExit(f"{path}: {name}: say 'equivalent: why' or 'cosmetic: why'")
+            out[name] = category
     return out
 
 
@@ -46,22 +49,22 @@ def module_of(name: str) -> str:
     return name.split(".x")[0].split(".xǁ")[0]
 
 
-def table(results: dict[str, str], equivalent: dict[str, str]) -> str:
-    """Markdown table: per module, mutants, killed, survived, no tests, equivalent, score."""
+def table(results: dict[str, str], explained: dict[str, str]) -> str:
+    """Markdown table: per module, mutants, killed, survived, explained, score."""
     counts: dict[str, Counter] = defaultdict(Counter)
     for name, status in results.items():
-        key = "equivalent" if name in equivalent else status
+        key = explained[name] if name in explained and status in FAILED else status
         counts[module_of(name)][key] += 1
         counts["all"][key] += 1
-    rows = ["| module | mutants | killed | survived | no tests | equivalent | not checked | score |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| module | mutants | killed | survived | no tests | equivalent | cosmetic | not checked | score |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for module in sorted(counts, key=lambda m: (m == "all", m)):
         c = counts[module]
         killed = sum(c[s] for s in KILLED)
         failed = sum(c[s] for s in FAILED)
         score = f"{100 * killed / (killed + failed):.1f}%" if killed + failed else "—"
         rows.append(f"| {module} | {sum(c.values())} | {killed} | {c['survived']} | {c['no tests']} | "
-                    f"{c['equivalent']} | {c['not checked']} | {score} |")
+                    f"{c['equivalent']} | {c['cosmetic']} | {c['not checked']} | {score} |")
     return "\n".join(rows)
 
 
@@ -72,6 +75,9 @@ def main(argv: list[str]) -> None:
         results.update(read_results(Path(path)))
     print(table(results, equivalent))
     survivors = [n for n, s in results.items() if s in FAILED and n not in equivalent]
+    killed_but_listed = sorted(n for n in equivalent if results.get(n) in KILLED)
+    if killed_but_listed:
+        print("\nlisted as explained but killed (remove them from the list): " + ", ".join(killed_but_listed))
     if survivors:
         print(f"\n{len(survivors)} surviving mutants (not listed as equivalent):")
         print("\n".join(f"- {n} ({results[n]})" for n in sorted(survivors)))

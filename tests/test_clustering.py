@@ -343,3 +343,140 @@ def test_predict_and_transform_take_rows_of_another_dtype():
     assert coords.dtype == torch.float32
     assert torch.allclose(coords, model.transform(rows, labels), atol=0)
     assert torch.allclose(coords.double(), model.transform(X), atol=1e-5)
+
+
+def _directions(groups=3, per=20, d=6, seed=0):
+    """Rows along ``groups`` orthonormal directions, with positive scales in [1, 2)."""
+    g = torch.Generator().manual_seed(seed)
+    E = torch.eye(d, dtype=torch.float64)[:groups]
+    X = torch.cat([E[i] * (1 + torch.rand(per, 1, generator=g, dtype=torch.float64)) for i in range(groups)])
+    return X, torch.arange(groups).repeat_interleave(per)
+
+
+def _same_partition(a, b):
+    pairs = set(zip(a.tolist(), b.tolist()))
+    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+def test_kmeans_plus_plus_never_seeds_a_direction_twice():
+    from messi.clustering import _kmeans_plus_plus
+
+    X, _ = _directions()
+    D = torch.nn.functional.normalize(X, dim=1)
+    for seed in range(10):
+        centres = _kmeans_plus_plus(D, 3, torch.Generator().manual_seed(seed))
+        # a seeded direction is at cosine distance 0 from its rows: they are never drawn again
+        assert sorted(int(c.argmax()) for c in centres) == [0, 1, 2], seed
+
+
+def test_weighted_kmeans_plus_plus_draws_only_weighted_rows_and_is_seeded():
+    from messi.clustering import _kmeans_plus_plus
+
+    X, _ = _directions()
+    D = torch.nn.functional.normalize(X, dim=1)
+    w = torch.zeros(60, dtype=torch.float64)
+    w[[5, 8, 27]] = 1.0  # weight only on directions 0 and 1
+    firsts = set()
+    for seed in range(8):
+        torch.manual_seed(100 + seed)  # the global generator must not matter
+        a = _kmeans_plus_plus(D, 2, torch.Generator().manual_seed(seed), w)
+        torch.manual_seed(200 + seed)
+        assert torch.equal(a, _kmeans_plus_plus(D, 2, torch.Generator().manual_seed(seed), w))
+        assert sorted(int(c.argmax()) for c in a) == [0, 1], seed
+        firsts.add(int(a[0].argmax()))
+    assert firsts == {0, 1}  # the first seed is drawn too (by weight), not fixed
+    w[[5, 8]] = 0.0
+    assert int(_kmeans_plus_plus(D, 1, torch.Generator().manual_seed(0), w)[0].argmax()) == 1
+
+
+def test_spherical_kmeans_finds_the_directions_weighted_or_not():
+    from messi.clustering import _spherical_kmeans
+
+    X, truth = _directions()
+    for seed in range(4):
+        assert _same_partition(_spherical_kmeans(X, 3, torch.Generator().manual_seed(seed)), truth)
+    w = torch.ones(60, dtype=torch.float64)
+    w[::7] = 0.0  # zero-weight rows are still labelled
+    labels = _spherical_kmeans(X, 3, torch.Generator().manual_seed(0), weights=w)
+    assert _same_partition(labels, truth)
+    # more clusters than directions: an empty cluster keeps its centre, nothing becomes NaN
+    labels = _spherical_kmeans(X, 4, torch.Generator().manual_seed(1))
+    assert _same_partition(labels, truth) and labels.max() < 4
+
+
+def _distances(X, bases, labels):
+    """Each row's distance to its own subspace, by explicit projection (an independent oracle)."""
+    B = bases[labels]  # (n, j, d)
+    coords = torch.einsum("njd,nd->nj", B, X)
+    return (X - torch.einsum("nj,njd->nd", coords, B)).norm(dim=1)
+
+
+@pytest.mark.parametrize("loss", ["l1", "huber"])
+def test_robust_fits_report_the_weighted_cost_of_what_they_return(loss):
+    X, _ = planted(n_per=60, k=2, j=2, d=6, noise=0.05, seed=2)
+    w = torch.rand(120, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 2
+    m = ProjectiveClustering(2, 2, n_init=1, max_iter=30, loss=loss, delta=0.04, seed=1).fit(X, sample_weight=w)
+    dist = _distances(X, m.bases_, m.labels_)
+    per_row = dist if loss == "l1" else torch.where(dist <= 0.04, 0.5 * dist ** 2, 0.04 * (dist - 0.02))
+    assert m.cost_ == pytest.approx(float((w * per_row).sum()), rel=1e-9)
+
+
+def test_zero_weight_outliers_do_not_move_a_weighted_robust_fit():
+    X, _ = planted(n_per=100, k=1, j=2, d=6, noise=1e-3, seed=1)
+    truth = torch.linalg.svd(X, full_matrices=False).Vh[:2]
+    outliers = 30 * torch.randn(12, 6, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    w = torch.cat([torch.ones(100), torch.zeros(12)]).double()
+    # delta this large makes Huber least squares: only the weights keep the outliers out
+    m = ProjectiveClustering(1, 2, n_init=1, max_iter=10, loss="huber", delta=1e6).fit(torch.cat([X, outliers]), sample_weight=w)
+    assert _largest_principal_angle(m.bases_[0], truth) < 1e-3
+
+
+def test_robust_runs_stop_at_the_first_small_relative_improvement():
+    X, _ = planted(n_per=80, k=3, j=2, d=8, noise=0.1, seed=5)
+    tol = 1e-3
+    h = ProjectiveClustering(3, 2, n_init=1, max_iter=50, loss="huber", delta=0.1, tol=tol, seed=2).fit(X).cost_history_
+    assert 2 < len(h) < 50
+    assert all(h[i - 1] - h[i] > tol * h[i - 1] for i in range(1, len(h) - 1))
+    assert h[-2] - h[-1] <= tol * h[-2]
+
+
+def test_least_squares_runs_stop_when_no_label_moves():
+    X, _ = planted(n_per=80, k=3, j=2, d=8, noise=0.1, seed=5)
+    m = ProjectiveClustering(3, 2, n_init=1, max_iter=50, tol=-1.0, seed=2).fit(X)  # the cost rule never fires
+    assert len(m.cost_history_) < 20
+    assert torch.equal(m.predict(X), m.labels_)
+
+
+def test_assign_returns_the_squared_distances():
+    X, _ = planted(n_per=30, k=2, j=2, d=5, noise=0.01, seed=4)
+    m = ProjectiveClustering(2, 2, n_init=1, seed=0).fit(X)
+    labels, resid = assign(X, m.bases_)
+    assert torch.equal(labels, m.labels_)
+    assert torch.allclose(resid, _distances(X, m.bases_, labels) ** 2, atol=1e-12)
+
+
+def test_sample_weight_accepts_small_sums_and_refuses_booleans():
+    from messi.clustering import check_sample_weight
+
+    assert torch.equal(check_sample_weight([0.25, 0.25], 2), torch.tensor([0.25, 0.25], dtype=torch.float64))
+    with pytest.raises(MessiError, match="real numbers"):
+        check_sample_weight(torch.tensor([True, False]), 2)
+
+
+def test_seeding_is_reproducible_and_weighted():
+    from messi.clustering import _seed, _spherical_kmeans
+
+    X, _ = _directions()
+    torch.manual_seed(1)
+    split = _seed(X, 3, 2, "random", torch.Generator().manual_seed(0))
+    torch.manual_seed(2)  # the global generator must not matter
+    assert torch.equal(split, _seed(X, 3, 2, "random", torch.Generator().manual_seed(0)))
+    assert torch.bincount(split).tolist() == [20, 20, 20]  # an equal random split
+    w = torch.zeros(60, dtype=torch.float64)
+    w[[5, 8, 27]] = 1.0
+    differs = False
+    for seed in range(6):
+        weighted = _seed(X, 2, 2, "kmeans", torch.Generator().manual_seed(seed), w)
+        assert torch.equal(weighted, _spherical_kmeans(X, 2, torch.Generator().manual_seed(seed), weights=w))
+        differs |= not torch.equal(weighted, _seed(X, 2, 2, "kmeans", torch.Generator().manual_seed(seed)))
+    assert differs
