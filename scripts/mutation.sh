@@ -20,7 +20,7 @@ MUTMUT="$ROOT/.venv/bin/mutmut"
 # module -> "source file|the test files that guard it" (mutmut runs, per mutant, only those of
 # these tests that execute the mutated function)
 declare -A GUARD=(
-  [clustering]="src/messi/clustering.py|tests/test_clustering.py"
+  [clustering]="src/messi/clustering.py|tests/test_clustering.py tests/test_validation.py"
   [factorize]="src/messi/factorize.py|tests/test_factorize.py tests/test_layers.py"
   [layers]="src/messi/layers.py|tests/test_layers.py tests/test_compress.py"
   [compress]="src/messi/compress.py|tests/test_compress.py tests/test_folder.py"

@@ -172,6 +172,7 @@ def test_report_figure_shows_the_averages_and_the_paired_drops(tmp_path, monkeyp
     heights = {k: [pytest.approx(b.get_height()) for b in c] for k, c in bars.items()}
     assert heights == {"svd 40%": [-9.0, -10.0], "messi 40%": [-4.5, -5.0], "svd 60%": [-20.0, 0.0]}
     width = 0.8 / 3
+    assert [b.get_width() for c in bars.values() for b in c] == pytest.approx([width] * 6)  # side by side
     assert [b.get_x() + b.get_width() / 2 for b in bars["svd 40%"]] == pytest.approx([-width, 1 - width])
     assert [b.get_x() + b.get_width() / 2 for b in bars["svd 60%"]] == pytest.approx([width, 1 + width])
     assert [b.get_hatch() for c in bars.values() for b in c][::2] == [None, None, "//"]  # 60%: hatched
@@ -282,6 +283,9 @@ def test_a_nan_score_is_shown_as_nan(tmp_path, monkeypatch):
     records = [_record("rte", 1, "none", 0.0, 0.60), _record("rte", 1, "svd", 0.4, float("nan"), 0.5)]
     md = write_report(_write_sweep(tmp_path / "nan", records))[2]
     assert "| rte | 60.0 | nan |" in md and "| rte | 1 | +nan |" in md and "| **average** | **60.00** | **nan** |" in md
+    records += [_record("rte", 2, "none", 0.0, 0.70), _record("rte", 2, "svd", 0.4, 0.5, 0.5)]
+    md = write_report(_write_sweep(tmp_path / "nan2", records))[2]
+    assert "| rte | 2 | +nan ± nan |" in md
 
 
 def test_report_of_a_sweep_with_only_uncompressed_cells(tmp_path, monkeypatch):
@@ -290,3 +294,4 @@ def test_report_of_a_sweep_with_only_uncompressed_cells(tmp_path, monkeypatch):
     monkeypatch.setattr(io, "save_png", lambda fig, path: None)
     md = write_report(_write_sweep(tmp_path / "base", [_record("rte", 1, "none", 0.0, 0.6)]))[2]
     assert "| rte | 60.0 |" in md and "### " not in md and "| none | 100 |" in md
+    assert md.count("| rte | 60.0 |") == 1 and "## Without recovery" not in md  # shown once
