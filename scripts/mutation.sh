@@ -63,6 +63,7 @@ for m in "${modules[@]}"; do
     [ -f "$dir/results.txt" ] || { echo "error: $m has not been run yet" >&2; exit 2; }
     rm -rf "$dir/tests" "$dir/mutants/tests"
     cp -r "$ROOT/tests" "$dir/tests" && cp -r "$ROOT/tests" "$dir/mutants/tests"
+    cp "$dir/results.txt" "$dir/results.before.txt"
     mapfile -t names < <(grep -E ": (survived|no tests)$" "$dir/results.txt" | sed -E 's/^ *//; s/: .*//')
     if [ ${#names[@]} -gt 0 ]; then (cd "$dir" && "$MUTMUT" run "${names[@]}") || true; fi
   else
@@ -83,5 +84,9 @@ for m in "${modules[@]}"; do
   fi
   module="$(echo "${src#src/}" | sed 's/\.py$//; s#/#.#g')"  # src/messi/glue/report.py -> messi.glue.report
   (cd "$dir" && "$MUTMUT" results --all true) | grep -F "$module." > "$dir/results.txt" || true
+  if [ "$survivors" = 1 ]; then
+    # mutmut forgets the verdicts of mutants it did not rerun (the tests changed): keep them
+    "$PY" "$ROOT/scripts/mutation_score.py" --merge "$dir/results.before.txt" "$dir/results.txt"
+  fi
 done
 score

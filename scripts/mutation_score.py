@@ -1,6 +1,7 @@
 """Mutation score per module from ``mutmut results --all true``, equivalent mutants set aside.
 
     python scripts/mutation_score.py EQUIVALENT.txt RESULTS.txt [RESULTS.txt ...]
+    python scripts/mutation_score.py --merge BEFORE.txt AFTER.txt   (after a --survivors rerun)
 
 EQUIVALENT.txt (scripts/mutation_equivalent.txt) lists explained survivors, one per line:
 ``NAME equivalent: reason`` (cannot change behaviour) or ``NAME cosmetic: reason`` (changes only
@@ -68,7 +69,19 @@ def table(results: dict[str, str], explained: dict[str, str]) -> str:
     return "\n".join(rows)
 
 
+def merge(before: Path, after: Path) -> None:
+    """Rewrite ``after`` with each "not checked" verdict taken from ``before`` (a rerun of the
+    survivors leaves every other mutant unchecked; its earlier verdict still holds, as the rerun
+    only added tests)."""
+    old, new = read_results(before), read_results(after)
+    merged = {n: old.get(n, s) if s == "not checked" else s for n, s in new.items()}
+    after.write_text("".join(f"    {n}: {s}\n" for n, s in merged.items()))
+
+
 def main(argv: list[str]) -> None:
+    if argv[1] == "--merge":
+        merge(Path(argv[2]), Path(argv[3]))
+        return
     equivalent = read_equivalent(Path(argv[1]))
     results = {}
     for path in argv[2:]:

@@ -480,3 +480,17 @@ def test_seeding_is_reproducible_and_weighted():
         assert torch.equal(weighted, _spherical_kmeans(X, 2, torch.Generator().manual_seed(seed), weights=w))
         differs |= not torch.equal(weighted, _seed(X, 2, 2, "kmeans", torch.Generator().manual_seed(seed)))
     assert differs
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(delta=0.0), "delta"), (dict(delta=-1.0), "delta"), (dict(delta=float("nan")), "delta"),
+    (dict(max_iter=0), "max_iter"), (dict(n_init=0), "n_init"), (dict(tol=float("inf")), "tol"),
+    (dict(seed=-1), "seed")])
+def test_bad_settings_name_the_setting(kwargs, words):
+    X, _ = planted(n_per=10, k=2, j=1, d=4, seed=0)
+    with pytest.raises(MessiError, match=words):
+        ProjectiveClustering(2, 1, loss="huber", **kwargs).fit(X)
+    assert ProjectiveClustering(2, 1, loss="huber", delta=1e-9, max_iter=1, n_init=1).fit(X).cost_ >= 0
+    with pytest.raises(MessiError, match="2 rows cannot fill 3 clusters"):
+        ProjectiveClustering(3, 1).fit(X[:2])
+    assert ProjectiveClustering(2, 1, n_init=1).fit(X[:2]).labels_.tolist() in ([0, 1], [1, 0])  # n = k is enough
