@@ -19,6 +19,7 @@ def test_alone_every_helper_is_a_no_op(monkeypatch):
     assert not distributed.active()
     value = {"k": 3, "list": [1.5, None]}
     assert distributed.broadcast_json(value) is value
+    assert distributed.main_answers(lambda: 5) == 5
     layer = nn.Linear(3, 2)
     before = {n: t.clone() for n, t in layer.state_dict().items()}
     assert distributed.broadcast_module(layer) is layer
@@ -56,7 +57,9 @@ with torch.no_grad():
 distributed.broadcast_module(m)
 got = distributed.broadcast_json({"from": r, "text": "é ✓", "n": [1, 2.5]} if r == 0 else "ignored")
 state = {n: t.float().flatten().tolist() for n, t in m.state_dict().items()}
-json.dump({"rank": r, "json": got, "state": state, "w00": m.w[0, 0].item()},
+asked = []
+answer = distributed.main_answers(lambda: asked.append(r) or {"rank": r})
+json.dump({"rank": r, "json": got, "state": state, "w00": m.w[0, 0].item(), "answer": answer, "asked": asked},
           open(sys.argv[1] + f"/rank{r}.json", "w"))
 """
 
@@ -74,3 +77,4 @@ def test_two_processes_receive_the_main_process_state(tmp_path):
     assert r1["state"] == r0["state"]  # every dtype: float32, bfloat16, int16, bool
     assert r1["w00"] == r0["w00"] == torch.tensor(1 / 3).item()
     assert r0["state"]["ids"] == [10.0] * 7
+    assert r0["answer"] == r1["answer"] == {"rank": 0} and r0["asked"] == [0] and r1["asked"] == []

@@ -83,6 +83,12 @@ def broadcast_json(value=None):
     return json.loads(bytes(buf.cpu().tolist()).decode()) if not is_main() else value
 
 
+def main_answers(question):
+    """``question()`` asked on the main process only (e.g. "is this file there?", which only it
+    may read), its JSON answer given to every process."""
+    return broadcast_json(question() if is_main() else None)
+
+
 def broadcast_module(module: nn.Module) -> nn.Module:
     """Overwrite every parameter and buffer of ``module`` with the main process's, in place.
 

@@ -101,15 +101,10 @@ class Sweep:
             for task, seed, method, ratio in cells:
                 target = self.out / task.name / f"seed-{seed}" / cell_name(method, ratio) / "metrics.json"
                 bar.set_postfix_str(f"{task.name} seed {seed} {cell_name(method, ratio)}")
-                if not self._main_says(lambda: _read(target) is not None):  # missing or corrupt: (re)do it
+                if not distributed.main_answers(lambda: _read(target) is not None):  # missing or corrupt: (re)do it
                     self._run_cell(task, seed, method, ratio, target)
                 bar.update(1)
         return self.out
-
-    @staticmethod
-    def _main_says(question):
-        """``question()`` answered by the main process (which alone reads the folder), on all."""
-        return distributed.broadcast_json(question() if distributed.is_main() else None)
 
     def _cfg(self, seed: int) -> TrainConfig:
         import dataclasses
@@ -125,7 +120,7 @@ class Sweep:
         folder = self.out / task.name / f"seed-{seed}" / "base"
         cfg = self._cfg(seed)
         tokenizer = tokenizer_for(self.model_ref)
-        if self._main_says(lambda: (folder / "config.json").is_file()):
+        if distributed.main_answers(lambda: (folder / "config.json").is_file()):
             # the cached base; processes other than main get its weights from main
             if distributed.is_main():
                 model = transformers.AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True)
@@ -186,7 +181,7 @@ class Sweep:
         """The uncompressed fine-tuned model's metrics (the ``none`` cell), computed once; the
         cached base is loaded only when they are not on disk yet."""
         path = self.out / task.name / f"seed-{seed}" / "none" / "metrics.json"
-        record = self._main_says(lambda: _read(path))
+        record = distributed.main_answers(lambda: _read(path))
         if record is None:
             model, tokenizer, _ = self._base(task, seed)
             train_info = _read_json(path.parent.parent / "base" / "train.json") or {}
