@@ -56,12 +56,6 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def barrier() -> None:
-    """Wait until every process gets here (no-op alone)."""
-    if active():
-        dist.barrier()
-
-
 def _comm_device() -> torch.device:
     # nccl only moves tensors that live on this process's GPU
     if active() and dist.get_backend() == "nccl":
@@ -80,7 +74,7 @@ def broadcast_json(value=None):
     buf = (torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device) if is_main()
            else torch.empty(int(size.item()), dtype=torch.uint8, device=device))
     dist.broadcast(buf, src=0)
-    return json.loads(bytes(buf.cpu().tolist()).decode()) if not is_main() else value
+    return json.loads(buf.cpu().numpy().tobytes()) if not is_main() else value
 
 
 def main_answers(question):
