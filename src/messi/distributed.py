@@ -11,6 +11,7 @@ Nothing is pickled: settings travel as JSON bytes, weights as tensors.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 
@@ -49,6 +50,17 @@ def init() -> None:
         from accelerate import PartialState
 
         PartialState(cpu=not has_accelerator())
+        atexit.register(leave)
+
+
+def leave() -> None:
+    """Leave the process group (registered at exit by :func:`init`).
+
+    A process that exits with the group still open may abort in the communication backend's
+    threads ("terminate called without an active exception"), failing a run that succeeded.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def active() -> bool:
