@@ -31,6 +31,9 @@ from .errors import MessiError
 #: 80%; docs/benchmarks.md); the dev pairs we report were not used. Weight proportional to use,
 #: smoothed by 10 so that rare and unseen tokens keep a floor.
 DEFAULT_ALPHA = 10.0
+#: Calibration text when none is given for Linear-layer compression: GLUE train texts of tasks
+#: other than STS-B (whose dev pairs are the zero-shot score we report).
+DEFAULT_SOURCES = ("glue:sst2", "glue:cola", "glue:mrpc", "glue:rte")
 DEFAULT_POWER = 1.0
 
 
@@ -177,3 +180,68 @@ def calibrate(tokenizer, sources: list[str], num_embeddings: int, data_dir=None,
     return Calibration(list(sources), counts, len(texts), alpha, power)
 
 
+
+
+def calibration_batches(tokenizer, texts, max_texts: int = 256, batch_size: int = 32,
+                        max_length: int = 128) -> list[dict]:
+    """Model inputs for activation statistics: up to ``max_texts`` of ``texts``, evenly spread
+    over the list (deterministic), tokenised in padded batches of ``batch_size``.
+
+    Returns a list of dicts of tensors (input_ids, attention_mask, ...), each (batch, tokens).
+    """
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise MessiError("the calibration sources hold no text; give a file or glue:TASK with text")
+    step = max(1, len(texts) // max_texts)
+    chosen = texts[::step][:max_texts]
+    return [dict(tokenizer(chosen[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
+                           return_tensors="pt"))
+            for i in range(0, len(chosen), batch_size)]
+
+
+def _encoder(model):
+    return getattr(model, "base_model", model)
+
+
+@torch.no_grad()
+def token_states(model, batches: list[dict]) -> torch.Tensor:
+    """The encoder's last hidden states at every real (unpadded) token of ``batches``:
+    (tokens, hidden) float32, the reference against which a compressed layer's damage is read."""
+    encoder, device = _encoder(model), next(model.parameters()).device
+    out = []
+    for batch in batches:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        hidden = encoder(**batch)[0]
+        out.append(hidden[batch["attention_mask"].bool()].float().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def input_moments(model, batches: list[dict], names) -> dict[str, torch.Tensor]:
+    """Second moments C = E[x x^T] (in, in), float64, of the inputs x of each Linear layer in
+    ``names`` over the real tokens of ``batches`` (padding excluded)."""
+    modules = {name: model.get_submodule(name) for name in names}
+    sums = {name: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for name, m in modules.items()}
+    seen = {"tokens": 0, "mask": None}
+
+    def hook(name):
+        def record(_module, args):
+            x = args[0]
+            mask = seen["mask"]
+            x = x[mask] if mask is not None and x.shape[:-1] == mask.shape else x.reshape(-1, x.shape[-1])
+            x = x.double().cpu()
+            sums[name] += x.T @ x
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(name)) for name, m in modules.items()]
+    try:
+        encoder, device = _encoder(model), next(model.parameters()).device
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            seen["mask"] = batch["attention_mask"].bool()
+            seen["tokens"] += int(seen["mask"].sum())
+            encoder(**batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: s / max(seen["tokens"], 1) for name, s in sums.items()}

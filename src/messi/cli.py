@@ -53,19 +53,38 @@ def _fmt(value, spec: str) -> str:
 
 def info_table(info: dict, title: str) -> Table:
     """A two-column table of the numbers people compare (a dash for a field the folder lacks)."""
+    from .folder import embedding_info
+
     table = Table(title=title, show_header=False)
-    rows = [
-        ("method", info.get("method")), ("k (subspaces)", info.get("k")), ("rank j", info.get("rank")),
+    emb = embedding_info(info) or {}
+    rows = [("target", info.get("target", "embedding"))]
+    if info.get("target", "embedding") != "embedding":
+        layers = info.get("linear_layers", [])
+        rows += [("allocation", info.get("allocation")), ("activation-aware", info.get("activation_aware")),
+                 ("targeted params before / after", f"{_fmt(info.get('targeted_params_before'), ',')} / "
+                                                    f"{_fmt(info.get('targeted_params_after'), ',')}"),
+                 ("Linear layers svd / messi / dense", " / ".join(str(sum(e["method"] == m for e in layers))
+                                                                  for m in ("svd", "messi", "dense")))]
+    rows += [
+        ("method", info.get("method")), ("k (subspaces)", info.get("k")),
         ("target ratio", _fmt(info.get("ratio"), ".3f")), ("compression", _fmt(info.get("compression"), ".4f")),
-        ("embedding params before", _fmt(info.get("embedding_params_before"), ",")),
-        ("embedding params after", _fmt(info.get("embedding_params_after"), ",")),
-        ("cluster-id bytes (buffer)", _fmt(info.get("label_bytes", 0), ",")),
-        ("rel_error |A-A'|^2/|A|^2", _fmt(info.get("rel_error"), ".5f")),
+        ("model params before / after", f"{_fmt(info.get('model_params_before'), ',')} / "
+                                        f"{_fmt(info.get('model_params_after'), ',')}"),
+        ("model compression", _fmt(info.get("model_compression"), ".4f")),
     ]
-    if "weighted_rel_error" in info:
-        cal = info.get("calibration") or {}
-        rows += [("weighted rel_error (calibrated)", _fmt(info["weighted_rel_error"], ".5f")),
-                 ("calibration", ", ".join(map(str, cal.get("sources", [])))),
+    if emb:
+        rows += [
+            ("embedding method / k / rank j", f"{emb.get('method')} / {emb.get('k')} / {emb.get('rank')}"),
+            ("embedding params before", _fmt(emb.get("embedding_params_before"), ",")),
+            ("embedding params after", _fmt(emb.get("embedding_params_after"), ",")),
+            ("cluster-id bytes (buffer)", _fmt(emb.get("label_bytes", 0), ",")),
+            ("rel_error |A-A'|^2/|A|^2", _fmt(emb.get("rel_error"), ".5f")),
+        ]
+        if "weighted_rel_error" in emb:
+            rows.append(("weighted rel_error (calibrated)", _fmt(emb["weighted_rel_error"], ".5f")))
+    cal = info.get("calibration")
+    if cal:
+        rows += [("calibration", ", ".join(map(str, cal.get("sources", [])))),
                  ("calibration texts / tokens", f"{_fmt(cal.get('texts'), ',')} / {_fmt(cal.get('tokens'), ',')}")]
     rows.append(("fit seconds", _fmt(info.get("fit_seconds"), ".1f")))
     for key, value in rows:
@@ -79,8 +98,14 @@ def compress(
     out_dir: Path = typer.Argument(..., help="Folder to write (refused if it exists, unless --overwrite)."),
     model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
     method: str = typer.Option("messi", "--method", help="svd (one subspace) or messi (k subspaces)."),
-    ratio: float = typer.Option(0.4, "--ratio", help="Target embedding compression, 1 - new/old parameters, in (0, 1)."),
-    k: int = typer.Option(DEFAULT_K, "--k", help="Number of subspaces (messi)."),
+    ratio: float = typer.Option(0.4, "--ratio", help="Target compression of the targeted parameters, 1 - new/old, in (0, 1)."),
+    k: int = typer.Option(DEFAULT_K, "--k", help="Number of subspaces (messi); with --target linear/all and "
+                          "--allocation global, the largest k tried per layer."),
+    target: str = typer.Option("embedding", "--target", help="What to compress: embedding (the input embedding), "
+                               "linear (every nn.Linear of the encoder blocks) or all (both, one budget)."),
+    allocation: str = typer.Option("global", "--allocation", help="linear/all: global (per-layer ranks by measured "
+                                   "damage per parameter), uniform (same ratio per layer) or shared-rank (the MESSI "
+                                   "lab code's one relative rank)."),
     rank: Optional[int] = typer.Option(None, "--rank", help="Subspace dimension j; default: the largest reaching --ratio."),
     seed: int = typer.Option(0, "--seed", help="Seed of the clustering."),
     n_init: int = typer.Option(4, "--n-init", help="Clustering restarts; the lowest cost wins."),
@@ -96,10 +121,16 @@ def compress(
     weight_power: float = typer.Option(DEFAULT_POWER, "--weight-power", help="Row weight exponent in [0, 4]; 0 = all rows equal."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="GLUE folder for glue:TASK calibration sources."),
 ):
-    """Compress a model's input embedding and write an HF folder plus messi.json."""
-    from .calibration import calibrate, check_weighting
+    """Compress a model's input embedding, its Linear layers or both; write an HF folder plus messi.json.
+
+    With --target linear/all the calibration text (--calibration; default: the GLUE train texts
+    of SST-2, CoLA, MRPC and RTE when the GLUE folder is found) also gives each Linear layer's
+    input statistics (fits minimise its output error) and each layer's measured sensitivity
+    (the global allocation)."""
+    from .calibration import DEFAULT_SOURCES, calibrate, calibration_batches, check_weighting, read_texts
     from . import checks
-    from .compress import compress as compress_model, is_messi_folder, load_pretrained, load_tokenizer, save
+    from .compress import ALLOCATIONS, compress as compress_model, is_messi_folder, load_pretrained, load_tokenizer, save
+    from .targets import check_target
     from .factorize import METHODS, check_ratio
     from .io import check_writable_target
     from .models import resolve_model
@@ -115,7 +146,15 @@ def compress(
         raise MessiError(f"--loss must be l2, l1 or huber, got {loss!r}")
     if rank is not None:
         checks.integer("--rank", rank, 1)
+    check_target(target)
+    if allocation not in ALLOCATIONS:
+        raise MessiError(f"--allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}")
+    if rank is not None and target != "embedding":
+        raise MessiError("--rank is chosen per layer with --target linear/all; give --ratio instead")
     check_writable_target(out_dir, replace=overwrite, is_ours=is_messi_folder)
+    if target != "embedding" and not calibration and _glue_found(data_dir):
+        calibration = list(DEFAULT_SOURCES)
+        console.print(f"calibration text: {', '.join(calibration)} (train splits; give --calibration to change)")
     if calibration:
         check_weighting(weight_alpha, weight_power)  # a bad rule fails before the model loads
     net = load_pretrained(model)
@@ -129,9 +168,14 @@ def compress(
             raise MessiError("--calibration needs the model's tokenizer, and the model folder has none")
         cal = calibrate(tokenizer, calibration, net.get_input_embeddings().num_embeddings, data_dir,
                         text_column, weight_alpha, weight_power)
+    inputs = None
+    if cal is not None and target != "embedding":
+        texts = [t for source in calibration for t in read_texts(source, data_dir, text_column)]
+        inputs = calibration_batches(tokenizer, texts)
     compress_model(net, method=method, ratio=ratio, k=k, rank=rank, seed=seed, n_init=n_init,
                    max_iter=max_iter, loss=loss, verbose=True, row_weights=None if cal is None else cal.weights,
-                   calibration=None if cal is None else cal.record())
+                   calibration=None if cal is None else cal.record(), target=target, allocation=allocation,
+                   inputs=inputs)
     save(net, out_dir, tokenizer=tokenizer, extra={"source_model": str(model or DEFAULT_MODEL)},
          source=resolve_model(model), overwrite=overwrite)
     console.print(info_table(net.messi_config, f"{out_dir}"))
@@ -152,6 +196,16 @@ def info(
         typer.echo(json.dumps(data, indent=2))
     else:
         console.print(info_table(data, str(directory)))
+
+
+def _glue_found(data_dir) -> bool:
+    from .glue.data import find_data_dir
+
+    try:
+        find_data_dir(data_dir)
+        return True
+    except MessiError:
+        return False
 
 
 def _train_config(preset, epochs, learning_rate, batch_size, max_seq_length, max_train_samples,

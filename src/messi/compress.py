@@ -22,64 +22,64 @@ from . import __version__
 from . import checks
 from .errors import MessiError
 from .clustering import check_sample_weight
-from .factorize import (METHODS, check_rank, check_ratio, compression, messi_factorize, parameter_count,
-                        rank_for_ratio, relative_error, svd_factorize)
+from .allocate import (Matrix, allocate_ranks, messi_params, same_size_rank, shared_relative_rank, svd_params,
+                       uniform_ranks)
+from .factorize import (METHODS, check_rank, check_ratio, compression, factorize, messi_factorize, output_error,
+                        parameter_count, rank_for_ratio, relative_error, svd_factorize, whitening)
+from .linear import ORIENTATIONS, FactorizedLinear, ProjectiveLinear
 from .auto import MessiConfig
-from .folder import CONFIG_NAME, WEIGHTS_NAME, check_config, check_weights, read_info, sha256_file
+from .folder import CONFIG_NAME, WEIGHTS_NAME, check_config, check_weights, embedding_info, read_info, sha256_file
 from .io import atomic_dir, check_writable_target, write_json
-from .layers import FactorizedEmbedding, ProjectiveEmbedding, TiedOutputEmbedding, _LowRankEmbedding
+from .layers import FactorizedEmbedding, ProjectiveEmbedding, _LowRankEmbedding
+from .targets import (EMBEDDING, check_target, empty_linear, input_embedding, install_embedding, install_linear,
+                      is_tied, linear_targets)
+from .calibration import input_moments, token_states
 from .models import copy_sentence_transformers_files, load_hf_model, resolve_model
 
 
 
-def _input_embedding(model: nn.Module) -> nn.Embedding:
-    getter = getattr(model, "get_input_embeddings", None)
-    emb = getter() if getter else None
-    if isinstance(emb, _LowRankEmbedding):
-        raise MessiError("this model's embedding is already compressed; start from the original model")
-    if not isinstance(emb, nn.Embedding):
-        raise MessiError(
-            f"{type(model).__name__} has no input embedding (get_input_embeddings() gave "
-            f"{type(emb).__name__}); pass a Hugging Face text model"
-        )
-    return emb
-
-
-def _is_tied(model: nn.Module, emb: nn.Embedding) -> bool:
-    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    w = getattr(out, "weight", None)
-    return isinstance(w, torch.Tensor) and w.data_ptr() == emb.weight.data_ptr()
-
-
-def _install(model: nn.Module, layer: _LowRankEmbedding, tied: bool) -> None:
-    """Put ``layer`` in as the input embedding (and as the tied output projection)."""
-    if tied:
-        old = model.get_output_embeddings()
-        model.set_output_embeddings(TiedOutputEmbedding(layer, getattr(old, "bias", None)))
-        model.config.tie_word_embeddings = False  # stop transformers re-tying to a `weight`
-    model.set_input_embeddings(layer)
+ALLOCATIONS = ("global", "uniform", "shared-rank")
 
 
 def compress(model: nn.Module, method: str = "messi", ratio: float = 0.4, k: int = 3,
              rank: int | None = None, seed: int = 0, n_init: int = 4, max_iter: int = 50,
              tol: float = 1e-4, loss: str = "l2", verbose: bool = False, row_weights=None,
-             calibration: dict | None = None) -> nn.Module:
-    """Replace ``model.get_input_embeddings()`` by an SVD or MESSI layer, in place.
+             calibration: dict | None = None, target: str = "embedding", allocation: str = "global",
+             activations: dict | None = None, inputs: list | None = None) -> nn.Module:
+    """Replace the model's input embedding, its encoder's Linear layers, or both, by SVD or
+    MESSI layers, in place.
 
     Parameters
     ----------
     model : a Hugging Face ``PreTrainedModel`` (BERT, DistilBERT, RoBERTa, MPNet, ...).
     method : "messi" (k subspaces) or "svd" (one subspace).
-    ratio : target compression of the embedding, 1 - new/old parameters, in (0, 1).
-    k : number of subspaces for MESSI (ignored for SVD).
-    rank : dimension j of the subspaces; None picks the largest j reaching ``ratio``.
+    ratio : target compression of the targeted parameters taken together, 1 - new/old, in (0, 1).
+    k : number of subspaces for MESSI (ignored for SVD). With ``target`` "linear"/"all" and the
+        global allocation it is the largest k tried per layer (see below).
+    rank : dimension j of the subspaces (embedding target only); None picks the largest j
+        reaching ``ratio``.
     seed, n_init, max_iter, tol, loss : settings of the projective clustering (loss: "l2",
         "l1" or "huber", see ``ProjectiveClustering``).
     row_weights : optional tensor (n,) of non-negative weights, one per embedding row (e.g.
         ``messi.calibrate(...).weights``): the fit minimises the weighted error. Rows of weight
         0 are still represented (projected on their closest subspace).
     calibration : optional dict recorded in messi.json under "calibration" (where the weights
-        came from; ``Calibration.record()``).
+        and activations came from; ``Calibration.record()``).
+    target : "embedding" (the input embedding), "linear" (every nn.Linear of the encoder's
+        blocks) or "all" (both).
+    allocation : how "linear"/"all" spend the budget: "global" (ours: per matrix the rank that
+        removes the most output error per parameter, ``allocate.allocate_ranks``; with MESSI,
+        then per matrix the k in 2..k and orientation that beat SVD at the same size, else SVD),
+        "uniform" (every matrix the same compression, fixed k) or "shared-rank" (the MESSI lab
+        code's one relative rank for all, fixed k).
+    activations : optional dict, Linear layer name -> second moments (in, in) of its inputs
+        (``calibration.input_moments``): the fits minimise each layer's output error on those
+        inputs instead of its weight error.
+    inputs : optional calibration batches (``calibration.calibration_batches``: dicts of
+        input_ids / attention_mask tensors) for target "linear"/"all": the Linear layers' input
+        moments are collected from them (unless ``activations`` is given), and each matrix's
+        sensitivity (the model's output error per unit of its own error, measured with an SVD
+        probe) weighs its damage in the global allocation.
 
     Returns the same model; ``model.messi_config`` holds what ``save`` writes to messi.json.
     A tied output projection (masked-LM heads) is switched to the factored table too.
@@ -87,50 +87,225 @@ def compress(model: nn.Module, method: str = "messi", ratio: float = 0.4, k: int
     if method not in METHODS:
         raise MessiError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     ratio = check_ratio(ratio)
+    check_target(target)
+    if allocation not in ALLOCATIONS:
+        raise MessiError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}")
     k = 1 if method == "svd" else checks.integer("k", k, 1)
-    seed = checks.seed("seed", seed)
-    n_init, max_iter = checks.integer("n_init", n_init, 1), checks.integer("max_iter", max_iter, 1)
-    emb = _input_embedding(model)
-    A = emb.weight.detach()
-    n, d = A.shape
-    rank = rank_for_ratio(n, d, k, ratio) if rank is None else check_rank(rank, d)
-    tied = _is_tied(model, emb)
-    weights = check_sample_weight(row_weights, n)
+    settings = dict(seed=checks.seed("seed", seed), n_init=checks.integer("n_init", n_init, 1),
+                    max_iter=checks.integer("max_iter", max_iter, 1), tol=tol, loss=loss, verbose=verbose)
+    params_before = _count_params(model)
+    emb = input_embedding(model) if target != "linear" else None
+    weights = None if emb is None else check_sample_weight(row_weights, emb.num_embeddings)
     start = time.perf_counter()
-    if method == "svd":
-        layer = FactorizedEmbedding.from_factors(svd_factorize(A, rank, weights), emb.padding_idx,
-                                                 _padding_row(A, emb.padding_idx))
+    if target == "embedding":
+        n, d = emb.weight.shape
+        rank = rank_for_ratio(n, d, k, ratio) if rank is None else check_rank(rank, d)
+        info = {"target": "embedding", **_compress_embedding(model, emb, method, k, rank, weights, settings),
+                "ratio": ratio}
     else:
-        factors = messi_factorize(A, k, rank, seed=seed, n_init=n_init, max_iter=max_iter,
-                                  tol=tol, loss=loss, verbose=verbose, sample_weight=weights)
-        layer = ProjectiveEmbedding.from_factors(factors, emb.padding_idx,
-                                                 _padding_row(A, emb.padding_idx))
-    seconds = time.perf_counter() - start
-    layer = layer.to(device=A.device, dtype=A.dtype)
-    with torch.no_grad():
-        approx = layer.weight
-        rel = relative_error(A, approx)
-        weighted_rel = None if weights is None else relative_error(A, approx, weights)
-    _install(model, layer, tied)
-    model.messi_config = {
-        "method": method, "k": k, "rank": rank, "ratio": ratio,
-        "compression": compression(n, d, k, rank),
-        "seed": seed, "n_init": n_init, "max_iter": max_iter, "tol": tol,
-        "loss": loss if method == "messi" else "l2",
-        "num_embeddings": n, "embedding_dim": d, "padding_idx": emb.padding_idx,
-        "embedding_params_before": n * d,
-        "embedding_params_after": parameter_count(n, d, k, rank),
-        "label_bytes": getattr(layer, "label_bytes", 0),
-        "rel_error": rel, "tied_output": tied, "fit_seconds": seconds,
+        if rank is not None:
+            raise MessiError("rank is chosen per layer for target linear/all; give ratio instead")
+        info = _compress_layers(model, target, method, ratio, k, allocation, activations, inputs, emb, weights,
+                                settings)
+    info.update({
+        "seed": settings["seed"], "n_init": settings["n_init"], "max_iter": settings["max_iter"], "tol": tol,
+        "loss": loss if method == "messi" else "l2", "fit_seconds": time.perf_counter() - start,
+        "model_params_before": params_before, "model_params_after": _count_params(model),
         "model_class": type(model).__name__, "dtype": _dtype_name(_model_dtype(model)),
         "messi_version": __version__,
-    }
-    if weights is not None:
-        model.messi_config["weighted_rel_error"] = weighted_rel
-        model.messi_config["calibration"] = calibration or {"sources": ["row_weights given to compress()"]}
+    })
+    info["model_compression"] = 1 - info["model_params_after"] / params_before
+    if weights is not None or activations is not None:
+        info["calibration"] = calibration or {"sources": ["row_weights / activations given to compress()"]}
     if hasattr(model, "messi_load_report"):  # which class was loaded from the source, and why
-        model.messi_config["source_load"] = model.messi_load_report
+        info["source_load"] = model.messi_load_report
+    model.messi_config = info
     return model
+
+
+def _count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _embedding_layer(factors, emb: nn.Embedding, method: str) -> _LowRankEmbedding:
+    """The factored embedding holding ``factors``, with ``emb``'s padding row, dtype and device."""
+    A = emb.weight.detach()
+    cls = FactorizedEmbedding if method == "svd" else ProjectiveEmbedding
+    return cls.from_factors(factors, emb.padding_idx, _padding_row(A, emb.padding_idx)).to(device=A.device, dtype=A.dtype)
+
+
+def _compress_embedding(model, emb, method, k, rank, weights, settings) -> dict:
+    """Fit and install the embedding at (method, k, rank); its messi.json fields."""
+    A = emb.weight.detach()
+    factors = (svd_factorize(A, rank, weights) if method == "svd" else
+               messi_factorize(A, k, rank, sample_weight=weights, **settings))
+    layer = _embedding_layer(factors, emb, method)
+    tied = is_tied(model, emb)
+    install_embedding(model, layer, tied)
+    return _embedding_record(A, layer, method, k, rank, weights, emb.padding_idx, tied)
+
+
+def _embedding_record(A, layer, method, k, rank, weights, padding_idx, tied) -> dict:
+    n, d = A.shape
+    with torch.no_grad():
+        approx = layer.weight
+        record = {"method": method, "k": k, "rank": rank,
+                  "compression": compression(n, d, k, rank),
+                  "num_embeddings": n, "embedding_dim": d, "padding_idx": padding_idx,
+                  "embedding_params_before": n * d, "embedding_params_after": parameter_count(n, d, k, rank),
+                  "label_bytes": getattr(layer, "label_bytes", 0), "rel_error": relative_error(A, approx),
+                  "tied_output": tied}
+        if weights is not None:
+            record["weighted_rel_error"] = relative_error(A, approx, weights)
+    return record
+
+
+def _spectrum(M: torch.Tensor, moments=None, weights=None) -> torch.Tensor:
+    """Squared singular values of M as the fit sees it (whitened by ``moments`` or rows
+    weighted by ``weights``), descending."""
+    X = M.detach().double()
+    if moments is not None:
+        X = X @ whitening(moments)[0]
+    if weights is not None:
+        X = X * weights.double().sqrt()[:, None]
+    return torch.linalg.svdvals(X).square()
+
+
+def _best_fit(M, rank, method, k, search, orientations, moments, weights, settings):
+    """Factors of M (rows x cols) at the size of its rank-``rank`` SVD: SVD for method svd;
+    MESSI with k subspaces (rows) when not ``search``; else the best of SVD and MESSI with every
+    k' in 2..k and orientation at the same size (never worse than SVD by its own measure).
+    Returns (factors, k, rank, orientation, error), error = relative output (or weighted) error."""
+    rows, cols = M.shape
+
+    def fit(kk, j, orientation):
+        if orientation == "rows":
+            f = factorize(M, "svd" if kk == 1 else "messi", kk, j, weights, moments, **settings)
+            approx = f.reconstruct()
+        else:  # columns: the input features' vectors; weighted by their input energy
+            col_w = None if moments is None else moments.diagonal().clamp_min(0).float()
+            f = factorize(M.T, "messi", kk, j, col_w, **settings)
+            approx = f.reconstruct().T
+        err = output_error(M, approx, moments) if weights is None else relative_error(M, approx, weights)
+        return f, kk, j, orientation, err
+
+    if method == "svd":
+        return fit(1, rank, "rows")
+    if not search:
+        return fit(k, rank, "rows")
+    best = fit(1, rank, "rows")
+    size = svd_params(rows, cols, rank)
+    for kk in range(2, k + 1):
+        for orientation in orientations:
+            j = same_size_rank(rows, cols, kk, size, orientation)
+            if j >= 1:
+                candidate = fit(kk, j, orientation)
+                if candidate[4] < best[4]:
+                    best = candidate
+    return best
+
+
+def _compress_layers(model, target, method, ratio, k, allocation, activations, inputs, emb, weights,
+                     settings) -> dict:
+    """Target "linear" / "all": allocate the budget, fit every matrix, install the layers."""
+    from tqdm.auto import tqdm
+
+    linears = linear_targets(model)
+    if inputs is not None and activations is None:
+        activations = input_moments(model, inputs, list(linears))
+    missing = [name for name in linears if activations is not None and name not in activations]
+    if missing:
+        raise MessiError(f"activations has no input moments for {missing[0]} (and {len(missing) - 1} more); "
+                         "collect them with calibration.input_moments on this model")
+    moments = {name: None if activations is None else activations[name] for name in linears}
+    matrices = [Matrix(name, lin.out_features, lin.in_features, _spectrum(lin.weight, moments[name]))
+                for name, lin in linears.items()]
+    if emb is not None:
+        matrices.append(Matrix(EMBEDDING, *emb.weight.shape, _spectrum(emb.weight, weights=weights)))
+    if inputs is not None:
+        modules, reference = {**linears, EMBEDDING: emb}, token_states(model, inputs)
+        for m in tqdm(matrices, desc="measuring sensitivities", disable=not settings["verbose"]):
+            m.sensitivity = _sensitivity(model, inputs, reference, m, modules[m.name], moments.get(m.name), weights)
+    fixed_k = 1 if method == "svd" else k
+    ranks = (allocate_ranks(matrices, ratio) if allocation == "global" else
+             uniform_ranks(matrices, ratio, fixed_k) if allocation == "uniform" else
+             shared_relative_rank(matrices, ratio, fixed_k))
+    search = allocation == "global"
+    verbose, settings = settings["verbose"], {**settings, "verbose": False}  # one bar for all layers
+    entries, info = [], {}
+    for m in tqdm(matrices, desc="fitting layers", disable=not verbose):
+        if m.name == EMBEDDING:
+            if ranks[m.name] is not None:
+                info["embedding"] = _fit_embedding_target(model, emb, ranks[m.name], method, k, search, weights, settings)
+            continue
+        lin = linears[m.name]
+        entries.append(_fit_linear_target(model, m.name, lin, ranks[m.name], method, k, search,
+                                          moments[m.name], settings))
+    targeted_before = sum(m.dense_params for m in matrices)
+    targeted_after = sum(e["params_after"] for e in entries) + (
+        info["embedding"]["embedding_params_after"] if "embedding" in info else
+        emb.weight.numel() if emb is not None else 0)
+    info.update({"target": target, "method": method, "k": k, "ratio": ratio, "allocation": allocation,
+                 "activation_aware": activations is not None,
+                 "sensitivities": {m.name: m.sensitivity for m in matrices} if inputs is not None else None,
+                 "compression": 1 - targeted_after / targeted_before,
+                 "targeted_params_before": targeted_before, "targeted_params_after": targeted_after,
+                 "linear_layers": entries})
+    return info
+
+
+#: A matrix's sensitivity is probed at the smallest SVD rank that keeps its error under this.
+PROBE_ERROR = 0.1
+
+
+def _sensitivity(model, inputs, reference, matrix: Matrix, module: nn.Module, moments, weights) -> float:
+    """The model's relative output error (last hidden states on ``inputs``, against their
+    ``reference`` (tokens, hidden)) per unit of the matrix's own relative error, with the matrix
+    replaced by an SVD probe for the moment."""
+    j = next((j for j in range(1, matrix.max_rank + 1) if matrix.svd_error(j) <= PROBE_ERROR), matrix.max_rank)
+    W = module.weight
+    row_weights = weights if isinstance(module, nn.Embedding) else None
+    approx = factorize(W.detach().float(), "svd", 1, j, row_weights, moments).reconstruct()
+    own = output_error(W, approx, moments) if row_weights is None else relative_error(W, approx, row_weights)
+    saved = W.data
+    try:
+        W.data = approx.to(W.dtype)
+        changed = token_states(model, inputs)
+    finally:
+        W.data = saved
+    effect = float((changed - reference).double().square().sum() / reference.double().square().sum())
+    return effect / max(own, 1e-12)
+
+
+def _fit_embedding_target(model, emb, rank, method, k, search, weights, settings) -> dict:
+    A = emb.weight.detach()
+    factors, kk, j, _, _ = _best_fit(A.float(), rank, method, k, search, ("rows",), None, weights, settings)
+    method = "svd" if kk == 1 else "messi"
+    layer = _embedding_layer(factors, emb, method)
+    tied = is_tied(model, emb)
+    install_embedding(model, layer, tied)
+    return _embedding_record(A, layer, method, kk, j, weights, emb.padding_idx, tied)
+
+
+def _fit_linear_target(model, name, lin, rank, method, k, search, moments, settings) -> dict:
+    W = lin.weight.detach()
+    out, inp = W.shape
+    entry = {"name": name, "in_features": inp, "out_features": out, "bias": lin.bias is not None,
+             "params_before": out * inp}
+    if rank is None:  # the allocator kept it dense
+        return {**entry, "method": "dense", "k": 0, "rank": 0, "orientation": "rows",
+                "params_after": out * inp, "rel_error": 0.0}
+    # k bases of the longer side cost k times more: only the orientation that puts the longer
+    # side on the coordinates is tried (both for square matrices)
+    orientations = tuple(o for o in ORIENTATIONS if (out >= inp if o == "rows" else inp >= out))
+    factors, kk, j, orientation, err = _best_fit(W.float(), rank, method, k, search, orientations, moments,
+                                                 None, settings)
+    bias = None if lin.bias is None else lin.bias.detach()
+    layer = (FactorizedLinear.from_factors(factors, bias) if kk == 1 else
+             ProjectiveLinear.from_factors(factors, orientation, bias))
+    install_linear(model, name, layer.to(device=W.device, dtype=W.dtype))
+    return {**entry, "method": "svd" if kk == 1 else "messi", "k": kk, "rank": j, "orientation": orientation,
+            "params_after": messi_params(out, inp, kk, j, orientation), "rel_error": err}
 
 
 def _model_dtype(model: nn.Module) -> torch.dtype:
@@ -228,21 +403,33 @@ def _model_class(name: str):
 
 
 def empty_layer(info: dict) -> _LowRankEmbedding:
-    """The factored embedding that messi.json's ``info`` describes, its weights still zero
-    (to be filled by loading or by receiving them from another process)."""
+    """The factored embedding that messi.json's ``info`` (or its embedding entry) describes,
+    its weights still zero (to be filled by loading or by receiving them from another process)."""
     n, d, j, pad = info["num_embeddings"], info["embedding_dim"], info["rank"], info.get("padding_idx")
     if info["method"] == "svd":
         return FactorizedEmbedding(n, d, j, pad)
     return ProjectiveEmbedding(n, d, j, info["k"], pad)
 
 
+def _install_structure(model: nn.Module, info: dict) -> None:
+    """Swap in every factored layer messi.json's ``info`` describes, with zero factors in the
+    dtype and device of the module it replaces (the meta device while loading)."""
+    emb_info = embedding_info(info)
+    if emb_info is not None:
+        w = input_embedding(model).weight
+        install_embedding(model, empty_layer(emb_info).to(device=w.device, dtype=w.dtype),
+                          emb_info.get("tied_output", False))
+    for entry in info.get("linear_layers", []):
+        if entry["method"] != "dense":
+            w = model.get_submodule(entry["name"]).weight
+            install_linear(model, entry["name"], empty_linear(entry).to(device=w.device, dtype=w.dtype))
+
+
 def install_empty(model: nn.Module, info: dict) -> nn.Module:
     """Give an uncompressed ``model`` the structure ``compress`` gave another copy of it (whose
     ``messi_config`` is ``info``), with zero factors in the model's dtype and device, so that the
     compressed weights can then be copied in (e.g. broadcast from the process that compressed)."""
-    emb = _input_embedding(model)
-    layer = empty_layer(info).to(device=emb.weight.device, dtype=emb.weight.dtype)
-    _install(model, layer, info.get("tied_output", False))
+    _install_structure(model, info)
     model.messi_config = info
     return model
 
@@ -271,12 +458,16 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None) -> n
     # file holds is (buffers such as position ids are built for real)
     with init_empty_weights(include_buffers=False):
         model = _model_class(info["model_class"])(config)
-        layer = empty_layer(info)
-    tied = info.get("tied_output", False)
+    tied = (embedding_info(info) or {}).get("tied_output", False)
     if tied and getattr(model, "get_output_embeddings", lambda: None)() is None:
         raise MessiError(f"{path}/messi.json says the output head is tied, but {info['model_class']} has no "
                          "output head; the folder is damaged, re-run `messi compress`")
-    _install(model, layer, tied)
+    missing = [e["name"] for e in info.get("linear_layers", []) if not _has_linear(model, e["name"])]
+    if missing:
+        raise MessiError(f"{path}/messi.json names the layer {missing[0]}, which {info['model_class']} does not "
+                         "have as an nn.Linear; the folder is damaged, re-run `messi compress`")
+    with init_empty_weights(include_buffers=False):
+        _install_structure(model, info)
     model.to(getattr(torch, info.get("dtype", "float32")))  # the saved precision: identical outputs
     try:
         _load_weights(model, weights)
@@ -287,6 +478,13 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None) -> n
     model.messi_config = info
     model.eval()
     return model.to(device) if device is not None else model
+
+
+def _has_linear(model: nn.Module, name: str) -> bool:
+    try:
+        return isinstance(model.get_submodule(name), nn.Linear)
+    except AttributeError:
+        return False
 
 
 def is_messi_folder(path) -> bool:

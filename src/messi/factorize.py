@@ -118,3 +118,46 @@ def check_rank(rank, d: int) -> int:
     if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or not 1 <= rank < d:
         raise MessiError(f"rank must be an integer in [1, {d - 1}] for hidden size {d}, got {rank!r}")
     return int(rank)
+
+
+def whitening(moments: torch.Tensor, damping: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """S = C^{1/2} and S^{-1} (d, d) for input second moments C = E[x x^T] (d, d), float64.
+
+    For a weight W (out, d): |(W - W') x|^2 averaged over the inputs equals |(W - W') S|_F^2, so
+    fitting the rows of W S and mapping the bases back by S^{-1} minimises the output error on
+    those inputs. ``damping`` (times the mean eigenvalue) is added to C so that directions the
+    inputs never take keep a finite, bounded weight instead of an unbounded S^{-1}.
+    """
+    C = moments.detach().double()
+    evals, Q = torch.linalg.eigh((C + C.T) / 2)
+    evals = evals.clamp_min(0) + damping * evals.clamp_min(0).mean().clamp_min(1e-30)
+    root = evals.sqrt()
+    return (Q * root) @ Q.T, (Q / root) @ Q.T
+
+
+def factorize(A, method: str, k: int, rank: int, sample_weight=None, moments=None, **settings) -> Factors:
+    """SVD (``method="svd"``, k = 1) or MESSI factors of ``A`` (n, d).
+
+    ``moments`` (d, d), the second moments of the inputs that multiply the rows of ``A`` (a
+    Linear layer's W), makes the fit minimise the output error instead of the weight error: the
+    rows of A S are factorised and the bases mapped back (``whitening``); the bases are then no
+    longer orthonormal. ``settings`` go to ``ProjectiveClustering``.
+    """
+    X = as_matrix(A)
+    if moments is None:
+        return svd_factorize(X, rank, sample_weight) if method == "svd" else \
+            messi_factorize(X, k, rank, sample_weight, **settings)
+    S, S_inv = whitening(moments)
+    white = factorize((X.double() @ S).to(X.dtype), method, k, rank, sample_weight, **settings)
+    bases = (white.bases.double() @ S_inv).to(X.dtype)
+    return Factors(white.coords.to(X.dtype), bases, white.labels)
+
+
+def output_error(A: torch.Tensor, approx: torch.Tensor, moments=None) -> float:
+    """|(A - approx) x|^2 / |A x|^2 summed over inputs x with second moments ``moments`` (d, d):
+    the relative error of a Linear layer's output (the plain relative error without moments)."""
+    if moments is None:
+        return relative_error(A, approx)
+    C = moments.detach().double()
+    E, A64 = (A.detach().double() - approx.detach().double()), A.detach().double()
+    return float(((E @ C) * E).sum() / ((A64 @ C) * A64).sum())

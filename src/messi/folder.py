@@ -18,6 +18,8 @@ from .errors import MessiError
 CONFIG_NAME = "messi.json"
 WEIGHTS_NAME = "model.safetensors"
 METHODS = ("svd", "messi")
+TARGETS = ("embedding", "linear", "all")
+ORIENTATIONS = ("rows", "columns")
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 #: Largest vocabulary accepted from a file (2^31 rows: far above any real tokenizer).
 MAX_ROWS = 2**31
@@ -46,10 +48,11 @@ def _number(info: dict, key: str, file: Path) -> None:
         raise MessiError(f"{file}: {key} must be a number, got {value!r}; re-run `messi compress`")
 
 
-def validate_info(info, file: Path) -> dict:
-    """Check messi.json's fields (types, ranges, consistency); returns ``info`` or MessiError."""
+def _validate_embedding(info: dict, file: Path) -> None:
+    """The fields that describe a factored embedding (the whole of messi.json for target
+    "embedding", its "embedding" entry otherwise)."""
     if not isinstance(info, dict):
-        raise MessiError(f"{file} must hold a JSON object, got {type(info).__name__}; re-run `messi compress`")
+        raise MessiError(f"{file}: embedding must be a JSON object, got {type(info).__name__}; re-run `messi compress`")
     method = info.get("method")
     if method not in METHODS:
         raise MessiError(f"{file}: method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -62,17 +65,75 @@ def validate_info(info, file: Path) -> dict:
     pad = info.get("padding_idx")
     if pad is not None:
         _int(info, "padding_idx", 0, n - 1, file)
-    if not isinstance(info.get("model_class"), str) or not info["model_class"].isidentifier():
-        raise MessiError(f"{file}: model_class must be a class name, got {info.get('model_class')!r}")
     if not isinstance(info.get("tied_output", False), bool):
         raise MessiError(f"{file}: tied_output must be true or false, got {info.get('tied_output')!r}")
+    for key in ("compression", "rel_error", "weighted_rel_error"):
+        _number(info, key, file)
+
+
+def _validate_linear(entry, file: Path) -> str:
+    """One entry of ``linear_layers``; returns its module name."""
+    if not isinstance(entry, dict):
+        raise MessiError(f"{file}: every linear_layers entry must be a JSON object, got {entry!r}")
+    name = entry.get("name")
+    if not isinstance(name, str) or not all(p.isidentifier() or p.isdigit() for p in name.split(".")):
+        raise MessiError(f"{file}: a linear layer's name must be a module path like encoder.layer.0.output.dense, "
+                         f"got {name!r}; the folder is damaged, re-run `messi compress`")
+    inp = _int(entry, "in_features", 1, 1 << 20, file)
+    out = _int(entry, "out_features", 1, 1 << 20, file)
+    if not isinstance(entry.get("bias"), bool):
+        raise MessiError(f"{file}: {name}: bias must be true or false, got {entry.get('bias')!r}")
+    method = entry.get("method")
+    if method not in (*METHODS, "dense"):
+        raise MessiError(f"{file}: {name}: method must be svd, messi or dense, got {method!r}")
+    if method != "dense":
+        _int(entry, "rank", 1, max(1, min(inp, out) - 1), file)
+        k = _int(entry, "k", 1, max(inp, out), file)
+        if method == "svd" and k != 1:
+            raise MessiError(f"{file}: {name}: method svd has k = 1, got k = {k}")
+        if entry.get("orientation") not in ORIENTATIONS:
+            raise MessiError(f"{file}: {name}: orientation must be rows or columns, got {entry.get('orientation')!r}")
+    _number(entry, "rel_error", file)
+    return name
+
+
+def embedding_info(info: dict) -> dict | None:
+    """The part of messi.json that describes the factored embedding (None if it was not
+    compressed): the whole of it for target "embedding", its "embedding" entry otherwise."""
+    return info if info.get("target", "embedding") == "embedding" else info.get("embedding")
+
+
+def validate_info(info, file: Path) -> dict:
+    """Check messi.json's fields (types, ranges, consistency); returns ``info`` or MessiError."""
+    if not isinstance(info, dict):
+        raise MessiError(f"{file} must hold a JSON object, got {type(info).__name__}; re-run `messi compress`")
+    target = info.get("target", "embedding")
+    if target not in TARGETS:
+        raise MessiError(f"{file}: target must be one of {', '.join(TARGETS)}, got {target!r}")
+    if target == "embedding":
+        _validate_embedding(info, file)
+    else:
+        if info.get("method") not in METHODS:
+            raise MessiError(f"{file}: method must be one of {', '.join(METHODS)}, got {info.get('method')!r}")
+        if target == "linear" and "embedding" in info:
+            raise MessiError(f"{file}: target linear has no embedding entry; the folder is damaged, re-run `messi compress`")
+        if info.get("embedding") is not None:
+            _validate_embedding(info["embedding"], file)
+        layers = info.get("linear_layers")
+        if not isinstance(layers, list):
+            raise MessiError(f"{file}: linear_layers must be a list for target {target}; re-run `messi compress`")
+        names = [_validate_linear(entry, file) for entry in layers]
+        if len(set(names)) != len(names):
+            raise MessiError(f"{file}: a linear layer is listed twice; the folder is damaged, re-run `messi compress`")
+    if not isinstance(info.get("model_class"), str) or not info["model_class"].isidentifier():
+        raise MessiError(f"{file}: model_class must be a class name, got {info.get('model_class')!r}")
     if info.get("dtype", "float32") not in DTYPES:
         raise MessiError(f"{file}: dtype must be one of {', '.join(DTYPES)}, got {info.get('dtype')!r}")
     digest = info.get("weights_sha256")
     if digest is not None and not (isinstance(digest, str) and len(digest) == 64
                                    and all(c in "0123456789abcdef" for c in digest)):
         raise MessiError(f"{file}: weights_sha256 must be 64 hex digits, got {digest!r}")
-    for key in ("ratio", "compression", "rel_error", "weighted_rel_error", "fit_seconds"):
+    for key in ("ratio", "compression", "fit_seconds", "model_compression"):
         _number(info, key, file)
     return info
 
@@ -94,9 +155,10 @@ def read_info(path: str | Path) -> dict:
 
 def check_config(info: dict, config, path: Path) -> None:
     """config.json must describe the same table as messi.json (vocabulary size)."""
+    emb = embedding_info(info)
     vocab = getattr(config, "vocab_size", None)
-    if vocab is not None and vocab != info["num_embeddings"]:
-        raise MessiError(f"{path}: config.json has vocab_size {vocab} but messi.json says {info['num_embeddings']} "
+    if emb is not None and vocab is not None and vocab != emb["num_embeddings"]:
+        raise MessiError(f"{path}: config.json has vocab_size {vocab} but messi.json says {emb['num_embeddings']} "
                          "rows; the folder was edited or mixed up, re-run `messi compress`")
 
 
@@ -112,16 +174,36 @@ def check_weights(info: dict, path: Path, verify_checksum: bool = True) -> None:
     if verify_checksum and digest is not None and sha256_file(weights) != digest:
         raise MessiError(f"{weights} does not match the sha256 in messi.json: the file is damaged or was "
                          "changed; re-run `messi compress` or restore it")
-    n, d, j, k = info["num_embeddings"], info["embedding_dim"], info["rank"], info["k"]
-    expected = {"coords": [n, j]}
-    expected.update({"basis": [j, d]} if info["method"] == "svd" else {"bases": [k, j, d], "labels": [n]})
+    expected = _expected_shapes(info)
     try:
         with safe_open(str(weights), framework="pt") as f:
-            shapes = {name.rsplit(".", 1)[-1]: list(f.get_slice(name).get_shape())
-                      for name in f.keys() if name.rsplit(".", 1)[-1] in expected}
+            shapes = {name: list(f.get_slice(name).get_shape()) for name in f.keys()}
     except (SafetensorError, OSError) as e:
         raise MessiError(f"{weights} is not a readable safetensors file ({e}); re-run `messi compress`") from e
+    linear_names = tuple(e["name"] + "." for e in info.get("linear_layers", []))
+    # the embedding's module path differs between architectures: its tensors are found by their
+    # last name among those that belong to no factored Linear layer
+    by_suffix = {name.rsplit(".", 1)[-1]: shape for name, shape in shapes.items() if not name.startswith(linear_names)}
     for name, shape in expected.items():
-        if shapes.get(name) != shape:
-            raise MessiError(f"{weights}: the factored tensor {name!r} has shape {shapes.get(name)}, messi.json "
+        found = shapes.get(name) if "." in name else by_suffix.get(name)
+        if found != shape:
+            raise MessiError(f"{weights}: the factored tensor {name!r} has shape {found}, messi.json "
                              f"says {shape}; the folder is damaged, re-run `messi compress`")
+
+
+def _expected_shapes(info: dict) -> dict[str, list[int]]:
+    """Factored tensor -> shape: the embedding's by last name, Linear layers' by full name."""
+    expected = {}
+    emb = embedding_info(info)
+    if emb is not None:
+        n, d, j, k = emb["num_embeddings"], emb["embedding_dim"], emb["rank"], emb["k"]
+        expected["coords"] = [n, j]
+        expected.update({"basis": [j, d]} if emb["method"] == "svd" else {"bases": [k, j, d], "labels": [n]})
+    for e in info.get("linear_layers", []):
+        name, inp, out, j = e["name"], e["in_features"], e["out_features"], e["rank"]
+        if e["method"] == "svd":
+            expected.update({f"{name}.down": [j, inp], f"{name}.up": [out, j]})
+        elif e["method"] == "messi":
+            m, p = (out, inp) if e["orientation"] == "rows" else (inp, out)
+            expected.update({f"{name}.coords": [m, j], f"{name}.bases": [e["k"], j, p], f"{name}.labels": [m]})
+    return expected

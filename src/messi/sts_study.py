@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .calibration import DEFAULT_ALPHA, DEFAULT_POWER, calibrate, weights_from_counts
+from .calibration import DEFAULT_ALPHA, DEFAULT_POWER, DEFAULT_SOURCES, calibrate, weights_from_counts
 from .errors import MessiError
 from .io import save_png, write_json, write_text
 
@@ -209,7 +209,7 @@ def plot(records: list[dict], reference: dict, path: str | Path, title: str) -> 
 
 #: Calibration text of the demo and of the benchmark's "other" rows: GLUE train texts of tasks
 #: other than STS-B, so that the STS-B score is not calibrated on its own domain.
-OTHER_TASKS = ("glue:sst2", "glue:cola", "glue:mrpc", "glue:rte")
+OTHER_TASKS = DEFAULT_SOURCES
 
 
 def demo_settings(k: int, ratios=(0.4, 0.6, 0.8)) -> list[Setting]:
