@@ -18,6 +18,7 @@ from .errors import MessiError  # noqa: E402
 from .factorize import messi_factorize, rank_for_ratio, svd_factorize  # noqa: E402
 from .evaluate import eval_sts  # noqa: E402
 from .layers import FactorizedEmbedding, ProjectiveEmbedding, TiedOutputEmbedding  # noqa: E402
+from .linear import FactorizedLinear, ProjectiveLinear  # noqa: E402
 from .models import resolve_model  # noqa: E402
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "read_info", "MessiError", "FactorizedEmbedding", "ProjectiveEmbedding", "TiedOutputEmbedding",
     "messi_factorize", "svd_factorize", "rank_for_ratio", "__version__", "calibrate", "Calibration",
     "token_counts", "weights_from_counts", "eval_sts", "resolve_model", "MessiConfig", "MessiModel",
+    "FactorizedLinear", "ProjectiveLinear",
 ]
 
 _register_auto()  # AutoConfig / AutoModel know compressed folders from now on

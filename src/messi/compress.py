@@ -45,7 +45,8 @@ def compress(model: nn.Module, method: str = "messi", ratio: float = 0.4, k: int
              rank: int | None = None, seed: int = 0, n_init: int = 4, max_iter: int = 50,
              tol: float = 1e-4, loss: str = "l2", verbose: bool = False, row_weights=None,
              calibration: dict | None = None, target: str = "embedding", allocation: str = "global",
-             activations: dict | None = None, inputs: list | None = None) -> nn.Module:
+             activations: dict | None = None, inputs: list | None = None,
+             activation_aware: bool = True) -> nn.Module:
     """Replace the model's input embedding, its encoder's Linear layers, or both, by SVD or
     MESSI layers, in place.
 
@@ -80,6 +81,8 @@ def compress(model: nn.Module, method: str = "messi", ratio: float = 0.4, k: int
         moments are collected from them (unless ``activations`` is given), and each matrix's
         sensitivity (the model's output error per unit of its own error, measured with an SVD
         probe) weighs its damage in the global allocation.
+    activation_aware : with ``inputs``, whether the Linear fits use the input moments (False:
+        plain weight error, sensitivities still measured; for comparisons).
 
     Returns the same model; ``model.messi_config`` holds what ``save`` writes to messi.json.
     A tied output projection (masked-LM heads) is switched to the factored table too.
@@ -106,7 +109,7 @@ def compress(model: nn.Module, method: str = "messi", ratio: float = 0.4, k: int
         if rank is not None:
             raise MessiError("rank is chosen per layer for target linear/all; give ratio instead")
         info = _compress_layers(model, target, method, ratio, k, allocation, activations, inputs, emb, weights,
-                                settings)
+                                settings, activation_aware)
     info.update({
         "seed": settings["seed"], "n_init": settings["n_init"], "max_iter": settings["max_iter"], "tol": tol,
         "loss": loss if method == "messi" else "l2", "fit_seconds": time.perf_counter() - start,
@@ -206,13 +209,15 @@ def _best_fit(M, rank, method, k, search, orientations, moments, weights, settin
 
 
 def _compress_layers(model, target, method, ratio, k, allocation, activations, inputs, emb, weights,
-                     settings) -> dict:
+                     settings, activation_aware=True) -> dict:
     """Target "linear" / "all": allocate the budget, fit every matrix, install the layers."""
     from tqdm.auto import tqdm
 
     linears = linear_targets(model)
-    if inputs is not None and activations is None:
+    if inputs is not None and activations is None and activation_aware:
         activations = input_moments(model, inputs, list(linears))
+    if not activation_aware:
+        activations = None
     missing = [name for name in linears if activations is not None and name not in activations]
     if missing:
         raise MessiError(f"activations has no input moments for {missing[0]} (and {len(missing) - 1} more); "
@@ -222,7 +227,7 @@ def _compress_layers(model, target, method, ratio, k, allocation, activations, i
                 for name, lin in linears.items()]
     if emb is not None:
         matrices.append(Matrix(EMBEDDING, *emb.weight.shape, _spectrum(emb.weight, weights=weights)))
-    if inputs is not None:
+    if inputs is not None and allocation == "global":
         modules, reference = {**linears, EMBEDDING: emb}, token_states(model, inputs)
         for m in tqdm(matrices, desc="measuring sensitivities", disable=not settings["verbose"]):
             m.sensitivity = _sensitivity(model, inputs, reference, m, modules[m.name], moments.get(m.name), weights)
@@ -247,7 +252,7 @@ def _compress_layers(model, target, method, ratio, k, allocation, activations, i
         emb.weight.numel() if emb is not None else 0)
     info.update({"target": target, "method": method, "k": k, "ratio": ratio, "allocation": allocation,
                  "activation_aware": activations is not None,
-                 "sensitivities": {m.name: m.sensitivity for m in matrices} if inputs is not None else None,
+                 "sensitivities": {m.name: m.sensitivity for m in matrices} if inputs is not None and allocation == "global" else None,
                  "compression": 1 - targeted_after / targeted_before,
                  "targeted_params_before": targeted_before, "targeted_params_after": targeted_after,
                  "linear_layers": entries})

@@ -16,7 +16,9 @@ import torch
 import transformers
 from torch import nn
 
-from ..compress import _install, install_empty, is_messi_folder, load, load_tokenizer, save
+from ..compress import install_empty, is_messi_folder, load, load_tokenizer, save
+from ..linear import _FactoredLinear
+from ..targets import install_embedding, install_linear
 from ..io import atomic_dir, write_json
 from .. import checks, distributed
 from ..errors import MessiError
@@ -79,15 +81,32 @@ def as_classifier(base: nn.Module, task: Task) -> nn.Module:
     clf = transformers.AutoModelForSequenceClassification.from_config(config)
     embedding = base.get_input_embeddings()
     if not isinstance(embedding, nn.Embedding):
-        _install(clf, copy.deepcopy(embedding), tied=False)
+        install_embedding(clf, copy.deepcopy(embedding), tied=False)
     encoder = getattr(base, "base_model", base)
+    for name, module in encoder.named_modules():  # factored Linear layers: the same structure
+        if isinstance(module, _FactoredLinear):
+            install_linear(clf.base_model, name, copy.deepcopy(module))
     missing, _ = clf.base_model.load_state_dict(encoder.state_dict(), strict=False)
     if missing:
         raise MessiError(f"cannot put a {task.name} head on {type(base).__name__}: "
                          f"weights {missing[:3]} are missing; use a plain encoder model")
     if hasattr(base, "messi_config"):
-        clf.messi_config = base.messi_config
+        clf.messi_config = _renamed_layers(base.messi_config, _prefix(base), _prefix(clf))
     return clf
+
+
+def _prefix(model: nn.Module) -> str:
+    """Where the encoder sits inside ``model`` ("" for a bare encoder, "bert." in a classifier)."""
+    encoder = getattr(model, "base_model", model)
+    return next(name + "." for name, m in model.named_modules() if m is encoder).lstrip(".")
+
+
+def _renamed_layers(info: dict, old: str, new: str) -> dict:
+    """messi.json's ``info`` with its Linear layers' names moved from prefix ``old`` to ``new``."""
+    if not info.get("linear_layers") or old == new:
+        return info
+    layers = [{**e, "name": new + e["name"].removeprefix(old)} for e in info["linear_layers"]]
+    return {**info, "linear_layers": layers}
 
 
 def load_classifier(model_ref, task: Task) -> nn.Module:

@@ -1,0 +1,159 @@
+"""Whole-model compression of the built-in model: zero-shot STS-B dev and latency against the
+share of ALL the model's parameters removed (target "all": embedding + every encoder Linear).
+
+    python benchmarks/whole_model.py [--ratios 0.3,0.5] [--latency]
+
+Variants (each at every ratio; results resume from benchmarks/results/whole_model.json):
+- uniform-svd       every matrix the same compression, plain SVD (weight error)
+- lab-messi         the MESSI lab code's rule: one relative rank for all, MESSI k=3 on rows
+- ours-svd-plain    our allocation (measured sensitivity x spectrum), SVD, weight-error fits
+- ours-svd          our allocation, SVD, activation-aware (whitened) Linear fits
+- ours-messi        our allocation, best of SVD / MESSI k<=3 per matrix at equal size, activation-aware
+- uniform-svd-aware every matrix the same compression, activation-aware SVD
+Calibration (token counts for the embedding rows, Linear inputs, sensitivities): 256 texts
+sampled from the train splits of SST-2, CoLA, MRPC and RTE. Scoring: all 1,500 STS-B dev pairs,
+never used to choose anything. Latency: forward of 32 x 128 tokens, median of 10, same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from messi import load_pretrained, load_tokenizer
+from messi.calibration import DEFAULT_SOURCES, calibrate, calibration_batches, read_texts
+from messi.compress import compress
+from messi.evaluate import read_pooling, sts_pairs, sts_score
+from messi.io import save_png, write_json
+from messi.models import resolve_model
+
+RESULTS = Path(__file__).parent / "results" / "whole_model.json"
+VARIANTS = {  # name: (method, allocation, k, calibrated, activation_aware)
+    "uniform-svd": ("svd", "uniform", 1, False, False),
+    "lab-messi": ("messi", "shared-rank", 3, False, False),
+    "ours-svd-plain": ("svd", "global", 1, True, False),
+    "ours-svd": ("svd", "global", 1, True, True),
+    "ours-messi": ("messi", "global", 3, True, True),
+    "uniform-svd-aware": ("svd", "uniform", 1, True, True),
+}
+console = Console()
+
+
+def latency(model, tokenizer, repeats: int = 10) -> float:
+    """Median seconds of one forward pass on 32 x 128 tokens."""
+    ids = torch.randint(1000, 20000, (32, 128))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    times = []
+    with torch.no_grad():
+        model(**batch)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(**batch)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run(ratios, with_latency: bool) -> dict:
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    tok, pool, pairs = load_tokenizer(None), read_pooling(resolve_model(None)), sts_pairs("dev")
+    texts = [t for source in DEFAULT_SOURCES for t in read_texts(source)]
+    inputs = calibration_batches(tok, texts)
+    weights = calibrate(tok, list(DEFAULT_SOURCES), 30522).weights
+    if "uncompressed" not in results:
+        model = load_pretrained(None)
+        results["uncompressed"] = {"spearman": sts_score(model, tok, pool, pairs)["spearman"],
+                                   "params": sum(p.numel() for p in model.parameters()),
+                                   "latency": latency(model, tok)}
+        write_json(RESULTS, results)
+    for ratio in ratios:
+        for name, (method, allocation, k, calibrated, aware) in VARIANTS.items():
+            key = f"{name}@{ratio}"
+            if key in results:
+                continue
+            model = load_pretrained(None)
+            start = time.perf_counter()
+            compress(model, method=method, ratio=ratio, k=k, target="all", allocation=allocation, n_init=2,
+                     max_iter=20, inputs=inputs if calibrated else None, activation_aware=aware,
+                     row_weights=weights if calibrated else None)
+            info = model.messi_config
+            record = {"variant": name, "ratio": ratio, "fit_seconds": time.perf_counter() - start,
+                      "model_compression": info["model_compression"], "compression": info["compression"],
+                      "embedding_rank": (info.get("embedding") or {}).get("rank"),
+                      "embedding_k": (info.get("embedding") or {}).get("k"),
+                      "linear": {m: sum(e["method"] == m for e in info["linear_layers"]) for m in ("svd", "messi", "dense")},
+                      "spearman": sts_score(model, tok, pool, pairs)["spearman"]}
+            if with_latency:
+                record["latency"] = latency(model, tok)
+            results[key] = record
+            write_json(RESULTS, results)
+            console.print(f"{key}: STS {record['spearman']:.2f}, model -{record['model_compression']:.1%}, "
+                          f"fit {record['fit_seconds']:.0f} s")
+    return results
+
+
+def show(results: dict, ratios) -> None:
+    ref = results["uncompressed"]
+    table = Table(title=f"all-MiniLM-L6-v2, target all: zero-shot STS-B dev Spearman (uncompressed {ref['spearman']:.2f})")
+    table.add_column("variant")
+    for r in ratios:
+        table.add_column(f"-{r:.0%} targeted (model)")
+    for name in VARIANTS:
+        cells = []
+        for r in ratios:
+            rec = results.get(f"{name}@{r}")
+            cells.append("—" if rec is None else f"{rec['spearman']:.2f} ({rec['spearman'] - ref['spearman']:+.2f}; "
+                         f"-{rec['model_compression']:.1%})")
+        table.add_row(name, *cells)
+    console.print(table)
+    if any("latency" in results.get(f"{n}@{r}", {}) for n in VARIANTS for r in ratios):
+        lat = Table(title=f"forward 32 x 128 tokens, median s (uncompressed {ref['latency']:.3f})")
+        lat.add_column("variant")
+        for r in ratios:
+            lat.add_column(f"-{r:.0%}")
+        for name in VARIANTS:
+            lat.add_row(name, *[f"{results[f'{name}@{r}']['latency']:.3f}" if "latency" in results.get(f"{name}@{r}", {})
+                                else "—" for r in ratios])
+        console.print(lat)
+
+
+def plot(results: dict, ratios) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in VARIANTS:
+        pts = [(results[f"{name}@{r}"]["model_compression"] * 100, results[f"{name}@{r}"]["spearman"])
+               for r in ratios if f"{name}@{r}" in results]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=name)
+    ax.axhline(results["uncompressed"]["spearman"], color="grey", linestyle="--", label="uncompressed")
+    ax.set_xlabel("whole-model parameters removed (%)")
+    ax.set_ylabel("zero-shot STS-B dev Spearman x 100")
+    ax.set_title("all-MiniLM-L6-v2: embedding + every encoder Linear")
+    ax.legend(fontsize=8)
+    save_png(fig, RESULTS.with_suffix(".png"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ratios", default="0.3,0.5")
+    parser.add_argument("--latency", action="store_true", help="Also time a forward pass of each model.")
+    args = parser.parse_args()
+    ratios = [float(r) for r in args.ratios.split(",")]
+    results = run(ratios, args.latency)
+    show(results, ratios)
+    plot(results, ratios)
+    console.print(f"wrote {RESULTS} and {RESULTS.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
