@@ -85,3 +85,10 @@ def test_labels_changed_in_place_are_seen():
     layer.labels.copy_(new)
     W = torch.stack([factors.coords[r] @ factors.bases[new[r]] for r in range(6)])
     assert torch.allclose(layer(x), x @ W.T, atol=1e-10)
+
+
+def test_an_unknown_orientation_is_refused():
+    from messi import MessiError
+
+    with pytest.raises(MessiError, match="rows or columns"):
+        ProjectiveLinear(4, 5, 2, 2, orientation="diagonal")

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import MessiError
 from .factorize import Factors
 from .layers import _label_dtype
 
@@ -98,7 +99,7 @@ class ProjectiveLinear(_FactoredLinear):
                  orientation: str = "rows", bias: bool = True):
         super().__init__(in_features, out_features, rank, bias)
         if orientation not in ORIENTATIONS:
-            raise ValueError(f"orientation must be one of {ORIENTATIONS}, got {orientation!r}")
+            raise MessiError(f"orientation must be rows or columns, got {orientation!r}")
         self.orientation = orientation
         self.n_clusters = n_clusters
         m, p = (out_features, in_features) if orientation == "rows" else (in_features, out_features)
