@@ -1,7 +1,7 @@
 """Whole-model compression of the built-in model: zero-shot STS-B dev and latency against the
 share of ALL the model's parameters removed (target "all": embedding + every encoder Linear).
 
-    python benchmarks/whole_model.py [--ratios 0.3,0.5] [--latency]
+    python benchmarks/whole_model.py [--ratios 0.3,0.5] [--latency] [--model mpnet] [--variants a,b]
 
 Variants (each at every ratio; results resume from benchmarks/results/whole_model.json):
 - uniform-svd       every matrix the same compression, plain SVD (weight error)
@@ -34,7 +34,7 @@ from messi.evaluate import read_pooling, sts_pairs, sts_score
 from messi.io import save_png, write_json
 from messi.models import resolve_model
 
-RESULTS = Path(__file__).parent / "results" / "whole_model.json"
+RESULTS_DIR = Path(__file__).parent / "results"
 VARIANTS = {  # name: (method, allocation, k, calibrated, activation_aware)
     "uniform-svd": ("svd", "uniform", 1, False, False),
     "lab-messi": ("messi", "shared-rank", 3, False, False),
@@ -60,24 +60,31 @@ def latency(model, tokenizer, repeats: int = 10) -> float:
     return statistics.median(times)
 
 
-def run(ratios, with_latency: bool) -> dict:
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    tok, pool, pairs = load_tokenizer(None), read_pooling(resolve_model(None)), sts_pairs("dev")
+def results_file(model_name) -> Path:
+    return RESULTS_DIR / ("whole_model.json" if model_name is None else f"whole_model_{model_name}.json")
+
+
+def run(ratios, with_latency: bool, model_name=None, variants=tuple(VARIANTS)) -> dict:
+    file = results_file(model_name)
+    results = json.loads(file.read_text()) if file.exists() else {}
+    tok, pool, pairs = load_tokenizer(model_name), read_pooling(resolve_model(model_name)), sts_pairs("dev")
     texts = [t for source in DEFAULT_SOURCES for t in read_texts(source)]
     inputs = calibration_batches(tok, texts)
-    weights = calibrate(tok, list(DEFAULT_SOURCES), 30522).weights
+    n = load_pretrained(model_name).get_input_embeddings().num_embeddings
+    weights = calibrate(tok, list(DEFAULT_SOURCES), n).weights
     if "uncompressed" not in results:
-        model = load_pretrained(None)
+        model = load_pretrained(model_name)
         results["uncompressed"] = {"spearman": sts_score(model, tok, pool, pairs)["spearman"],
                                    "params": sum(p.numel() for p in model.parameters()),
                                    "latency": latency(model, tok)}
-        write_json(RESULTS, results)
+        write_json(file, results)
     for ratio in ratios:
-        for name, (method, allocation, k, calibrated, aware) in VARIANTS.items():
+        for name in variants:
+            method, allocation, k, calibrated, aware = VARIANTS[name]
             key = f"{name}@{ratio}"
             if key in results:
                 continue
-            model = load_pretrained(None)
+            model = load_pretrained(model_name)
             start = time.perf_counter()
             compress(model, method=method, ratio=ratio, k=k, target="all", allocation=allocation, n_init=2,
                      max_iter=20, inputs=inputs if calibrated else None, activation_aware=aware,
@@ -92,19 +99,19 @@ def run(ratios, with_latency: bool) -> dict:
             if with_latency:
                 record["latency"] = latency(model, tok)
             results[key] = record
-            write_json(RESULTS, results)
+            write_json(file, results)
             console.print(f"{key}: STS {record['spearman']:.2f}, model -{record['model_compression']:.1%}, "
                           f"fit {record['fit_seconds']:.0f} s")
     return results
 
 
-def show(results: dict, ratios) -> None:
+def show(results: dict, ratios, title: str) -> None:
     ref = results["uncompressed"]
-    table = Table(title=f"all-MiniLM-L6-v2, target all: zero-shot STS-B dev Spearman (uncompressed {ref['spearman']:.2f})")
+    table = Table(title=f"{title}, target all: zero-shot STS-B dev Spearman (uncompressed {ref['spearman']:.2f})")
     table.add_column("variant")
     for r in ratios:
         table.add_column(f"-{r:.0%} targeted (model)")
-    for name in VARIANTS:
+    for name in [n for n in VARIANTS if any(f"{n}@{r}" in results for r in ratios)]:
         cells = []
         for r in ratios:
             rec = results.get(f"{name}@{r}")
@@ -123,7 +130,7 @@ def show(results: dict, ratios) -> None:
         console.print(lat)
 
 
-def plot(results: dict, ratios) -> None:
+def plot(results: dict, ratios, title: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -138,21 +145,29 @@ def plot(results: dict, ratios) -> None:
     ax.axhline(results["uncompressed"]["spearman"], color="grey", linestyle="--", label="uncompressed")
     ax.set_xlabel("whole-model parameters removed (%)")
     ax.set_ylabel("zero-shot STS-B dev Spearman x 100")
-    ax.set_title("all-MiniLM-L6-v2: embedding + every encoder Linear")
+    ax.set_title(f"{title}: embedding + every encoder Linear")
     ax.legend(fontsize=8)
-    save_png(fig, RESULTS.with_suffix(".png"))
+    save_png(fig, path)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ratios", default="0.3,0.5")
     parser.add_argument("--latency", action="store_true", help="Also time a forward pass of each model.")
+    parser.add_argument("--model", default=None, help="Built-in name (default: all-MiniLM-L6-v2; mpnet: all-mpnet-base-v2).")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="Comma-separated subset of the variants.")
     args = parser.parse_args()
     ratios = [float(r) for r in args.ratios.split(",")]
-    results = run(ratios, args.latency)
-    show(results, ratios)
-    plot(results, ratios)
-    console.print(f"wrote {RESULTS} and {RESULTS.with_suffix('.png')}")
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    results = run(ratios, args.latency, args.model, variants)
+    title = "all-MiniLM-L6-v2" if args.model is None else args.model
+    path = results_file(args.model)
+    show(results, ratios, title)
+    plot(results, ratios, title, path.with_suffix(".png"))
+    console.print(f"wrote {path} and {path.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

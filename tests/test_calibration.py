@@ -100,3 +100,26 @@ def test_calibrated_compress_protects_frequent_rows(minilm_dir, tokenizer):
     approx_plain = messi.svd_factorize(A, plain["rank"]).reconstruct()
     from messi.factorize import relative_error
     assert weighted["weighted_rel_error"] < relative_error(A, approx_plain, cal.weights)
+
+
+def test_input_moments_are_the_second_moments_of_the_real_tokens():
+    """Oracle: layer 0's query reads the embedding block's output; padding rows do not count."""
+    import transformers
+
+    from messi.calibration import input_moments
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=16)
+    model = transformers.BertModel(config).eval()
+    ids = torch.randint(1, 50, (2, 5))
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    with torch.no_grad():
+        x = model.embeddings(input_ids=ids)[mask.bool()].double()
+    names = ["encoder.layer.0.attention.self.query", "encoder.layer.0.attention.self.value"]
+    got = input_moments(model, [{"input_ids": ids, "attention_mask": mask}], names)
+    expected = x.T @ x / 8
+    assert torch.allclose(got[names[0]], expected, atol=1e-10) and torch.equal(got[names[0]], got[names[1]])
+    # a later layer sees what the earlier ones made of it: not the embedding output
+    later = input_moments(model, [{"input_ids": ids, "attention_mask": mask}], ["encoder.layer.1.output.dense"])
+    assert later["encoder.layer.1.output.dense"].shape == (16, 16)

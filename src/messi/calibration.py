@@ -216,21 +216,29 @@ def token_states(model, batches: list[dict]) -> torch.Tensor:
     return torch.cat(out)
 
 
+class _Enough(Exception):
+    """Raised by a hook to end a forward pass once every wanted input was seen."""
+
+
 @torch.no_grad()
 def input_moments(model, batches: list[dict], names) -> dict[str, torch.Tensor]:
     """Second moments C = E[x x^T] (in, in), float64, of the inputs x of each Linear layer in
-    ``names`` over the real tokens of ``batches`` (padding excluded)."""
+    ``names`` over the real tokens of ``batches`` (padding excluded). Each forward pass stops
+    as soon as all of them have seen their input (the layers after them never run)."""
     modules = {name: model.get_submodule(name) for name in names}
     sums = {name: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for name, m in modules.items()}
-    seen = {"tokens": 0, "mask": None}
+    state = {"tokens": 0, "mask": None, "pending": set()}
 
     def hook(name):
         def record(_module, args):
             x = args[0]
-            mask = seen["mask"]
+            mask = state["mask"]
             x = x[mask] if mask is not None and x.shape[:-1] == mask.shape else x.reshape(-1, x.shape[-1])
             x = x.double().cpu()
             sums[name] += x.T @ x
+            state["pending"].discard(name)
+            if not state["pending"]:
+                raise _Enough
         return record
 
     handles = [m.register_forward_pre_hook(hook(name)) for name, m in modules.items()]
@@ -238,10 +246,14 @@ def input_moments(model, batches: list[dict], names) -> dict[str, torch.Tensor]:
         encoder, device = _encoder(model), next(model.parameters()).device
         for batch in batches:
             batch = {k: v.to(device) for k, v in batch.items()}
-            seen["mask"] = batch["attention_mask"].bool()
-            seen["tokens"] += int(seen["mask"].sum())
-            encoder(**batch)
+            state["mask"] = batch["attention_mask"].bool()
+            state["tokens"] += int(state["mask"].sum())
+            state["pending"] = set(modules)
+            try:
+                encoder(**batch)
+            except _Enough:
+                pass
     finally:
         for h in handles:
             h.remove()
-    return {name: s / max(seen["tokens"], 1) for name, s in sums.items()}
+    return {name: s / max(state["tokens"], 1) for name, s in sums.items()}

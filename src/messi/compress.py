@@ -237,15 +237,19 @@ def _compress_layers(model, target, method, ratio, k, allocation, activations, i
              shared_relative_rank(matrices, ratio, fixed_k))
     search = allocation == "global"
     verbose, settings = settings["verbose"], {**settings, "verbose": False}  # one bar for all layers
-    entries, info = [], {}
-    for m in tqdm(matrices, desc="fitting layers", disable=not verbose):
+    entries, info, current, fitted = [], {}, {}, set()
+    # the embedding first, then the layers in model order, each fitted to the inputs that the
+    # layers before it, already compressed, give it (its moments measured again just before)
+    for m in tqdm(sorted(matrices, key=lambda m: m.name != EMBEDDING), desc="fitting layers", disable=not verbose):
         if m.name == EMBEDDING:
             if ranks[m.name] is not None:
                 info["embedding"] = _fit_embedding_target(model, emb, ranks[m.name], method, k, search, weights, settings)
             continue
-        lin = linears[m.name]
-        entries.append(_fit_linear_target(model, m.name, lin, ranks[m.name], method, k, search,
-                                          moments[m.name], settings))
+        if inputs is not None and moments[m.name] is not None and m.name not in current:
+            current.update(_moments_now(model, inputs, m.name, moments, fitted))
+        fitted.add(m.name)
+        entries.append(_fit_linear_target(model, m.name, linears[m.name], ranks[m.name], method, k, search,
+                                          current.get(m.name, moments[m.name]), settings))
     targeted_before = sum(m.dense_params for m in matrices)
     targeted_after = sum(e["params_after"] for e in entries) + (
         info["embedding"]["embedding_params_after"] if "embedding" in info else
@@ -257,6 +261,15 @@ def _compress_layers(model, target, method, ratio, k, allocation, activations, i
                  "targeted_params_before": targeted_before, "targeted_params_after": targeted_after,
                  "linear_layers": entries})
     return info
+
+
+def _moments_now(model, inputs, name, original, fitted) -> dict:
+    """Input moments, in the model as compressed so far, of ``name`` and of every layer not yet
+    fitted that reads the same input (equal moments in the original model, e.g. q, k and v):
+    compressing one of them does not change the others' input, so one pass serves them all."""
+    group = [other for other, C in original.items()
+             if other not in fitted and C is not None and C.shape == original[name].shape and torch.equal(C, original[name])]
+    return input_moments(model, inputs, group)
 
 
 #: A matrix's sensitivity is probed at the smallest SVD rank that keeps its error under this.
