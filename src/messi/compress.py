@@ -245,7 +245,7 @@ def _compress_layers(model, target, method, ratio, k, allocation, activations, i
             if ranks[m.name] is not None:
                 info["embedding"] = _fit_embedding_target(model, emb, ranks[m.name], method, k, search, weights, settings)
             continue
-        if inputs is not None and moments[m.name] is not None and m.name not in current:
+        if inputs is not None and moments[m.name] is not None and ranks[m.name] is not None and m.name not in current:
             current.update(_moments_now(model, inputs, m.name, moments, fitted))
         fitted.add(m.name)
         entries.append(_fit_linear_target(model, m.name, linears[m.name], ranks[m.name], method, k, search,
