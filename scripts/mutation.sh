@@ -26,8 +26,10 @@ declare -A GUARD=(
   [compress]="src/messi/compress.py|tests/test_compress.py tests/test_folder.py"
   [metrics]="src/messi/glue/metrics.py|tests/glue/test_metrics.py"
   [report]="src/messi/glue/report.py|tests/glue/test_report.py"
+  [linear]="src/messi/linear.py|tests/test_linear.py tests/test_whole_model.py"
+  [allocate]="src/messi/allocate.py|tests/test_allocate.py"
 )
-ALL=(metrics report factorize layers clustering compress)
+ALL=(metrics report factorize layers clustering compress linear allocate)
 
 score() {
   "$PY" "$ROOT/scripts/mutation_score.py" "$ROOT/scripts/mutation_equivalent.txt" "$WORK"/*/results.txt \

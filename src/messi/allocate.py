@@ -153,12 +153,3 @@ def shared_relative_rank(matrices: list[Matrix], ratio: float, k: int = 1) -> di
         low, high = (mid, high) if cost(mid) <= budget else (low, mid)
     return ranks_at(low)
 
-
-def total_params(matrices: list[Matrix], choices: dict[str, tuple[int, int, str] | None]) -> int:
-    """Stored numbers of ``choices``: name -> (k, j, orientation), or None for dense."""
-    by_name = {m.name: m for m in matrices}
-    total = 0
-    for name, choice in choices.items():
-        m = by_name[name]
-        total += m.dense_params if choice is None else messi_params(m.rows, m.cols, *choice)
-    return total
