@@ -20,11 +20,12 @@ from pathlib import Path
 
 from rich.console import Console
 
+from messi.calibration import DEFAULT_SOURCES
 from messi.evaluate import sts_pairs
 from messi.sts_study import Setting, Study, plot, table
 
 RESULTS = Path(__file__).parent / "results"
-OTHER = ("glue:sst2", "glue:cola", "glue:mrpc", "glue:rte")
+OTHER = DEFAULT_SOURCES
 IN_DOMAIN = ("glue:stsb",)
 console = Console()
 

@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from messi import load_pretrained, load_tokenizer
-from messi.calibration import DEFAULT_SOURCES, calibrate, calibration_batches, read_texts
+from messi.calibration import DEFAULT_SOURCES, calibrate, calibration_batches, read_all
 from messi.compress import compress
 from messi.evaluate import read_pooling, sts_pairs, sts_score
 from messi.io import save_png, write_json
@@ -68,10 +68,10 @@ def run(ratios, with_latency: bool, model_name=None, variants=tuple(VARIANTS)) -
     file = results_file(model_name)
     results = json.loads(file.read_text()) if file.exists() else {}
     tok, pool, pairs = load_tokenizer(model_name), read_pooling(resolve_model(model_name)), sts_pairs("dev")
-    texts = [t for source in DEFAULT_SOURCES for t in read_texts(source)]
+    texts = read_all(DEFAULT_SOURCES)
     inputs = calibration_batches(tok, texts)
     n = load_pretrained(model_name).get_input_embeddings().num_embeddings
-    weights = calibrate(tok, list(DEFAULT_SOURCES), n).weights
+    weights = calibrate(tok, list(DEFAULT_SOURCES), n, texts=texts).weights
     if "uncompressed" not in results:
         model = load_pretrained(model_name)
         results["uncompressed"] = {"spearman": sts_score(model, tok, pool, pairs)["spearman"],

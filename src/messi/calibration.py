@@ -31,10 +31,10 @@ from .errors import MessiError
 #: 80%; docs/benchmarks.md); the dev pairs we report were not used. Weight proportional to use,
 #: smoothed by 10 so that rare and unseen tokens keep a floor.
 DEFAULT_ALPHA = 10.0
+DEFAULT_POWER = 1.0
 #: Calibration text when none is given for Linear-layer compression: GLUE train texts of tasks
 #: other than STS-B (whose dev pairs are the zero-shot score we report).
 DEFAULT_SOURCES = ("glue:sst2", "glue:cola", "glue:mrpc", "glue:rte")
-DEFAULT_POWER = 1.0
 
 
 def token_counts(tokenizer, texts, num_embeddings: int | None = None, batch_size: int = 1024) -> torch.Tensor:
@@ -169,17 +169,22 @@ class Calibration:
                 "weighting": {"rule": "(count + alpha) ** power", "alpha": self.alpha, "power": self.power}}
 
 
+def read_all(sources: list[str], data_dir=None, text_column: str = "text") -> list[str]:
+    """The texts of every source, in order (``read_texts`` of each)."""
+    return [t for source in sources for t in read_texts(source, data_dir, text_column)]
+
+
 def calibrate(tokenizer, sources: list[str], num_embeddings: int, data_dir=None, text_column: str = "text",
-              alpha: float = DEFAULT_ALPHA, power: float = DEFAULT_POWER) -> Calibration:
-    """Read every source, count the tokens of all texts together, weigh the rows."""
+              alpha: float = DEFAULT_ALPHA, power: float = DEFAULT_POWER, texts: list[str] | None = None) -> Calibration:
+    """Read every source, count the tokens of all texts together, weigh the rows. ``texts``:
+    the sources' texts when the caller has already read them (``read_all``)."""
     if not sources:
         raise MessiError("no calibration source given; pass --calibration FILE or glue:TASK")
     check_weighting(alpha, power)  # before reading anything
-    texts = [t for source in sources for t in read_texts(source, data_dir, text_column)]
+    if texts is None:
+        texts = read_all(sources, data_dir, text_column)
     counts = token_counts(tokenizer, texts, num_embeddings)
     return Calibration(list(sources), counts, len(texts), alpha, power)
-
-
 
 
 def calibration_batches(tokenizer, texts, max_texts: int = 256, batch_size: int = 32,

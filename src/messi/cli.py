@@ -127,7 +127,7 @@ def compress(
     of SST-2, CoLA, MRPC and RTE when the GLUE folder is found) also gives each Linear layer's
     input statistics (fits minimise its output error) and each layer's measured sensitivity
     (the global allocation)."""
-    from .calibration import DEFAULT_SOURCES, calibrate, calibration_batches, check_weighting, read_texts
+    from .calibration import DEFAULT_SOURCES, calibrate, calibration_batches, check_weighting, read_all
     from . import checks
     from .compress import ALLOCATIONS, compress as compress_model, is_messi_folder, load_pretrained, load_tokenizer, save
     from .targets import check_target
@@ -162,16 +162,15 @@ def compress(
     if report:  # say which class was loaded from the source, and why
         console.print(f"loaded {report['class']}: {report['reason']}")
     tokenizer = load_tokenizer(model)
-    cal = None
+    cal = inputs = None
     if calibration:
         if tokenizer is None:
             raise MessiError("--calibration needs the model's tokenizer, and the model folder has none")
+        texts = read_all(calibration, data_dir, text_column)  # read once: row weights and, below, inputs
         cal = calibrate(tokenizer, calibration, net.get_input_embeddings().num_embeddings, data_dir,
-                        text_column, weight_alpha, weight_power)
-    inputs = None
-    if cal is not None and target != "embedding":
-        texts = [t for source in calibration for t in read_texts(source, data_dir, text_column)]
-        inputs = calibration_batches(tokenizer, texts)
+                        text_column, weight_alpha, weight_power, texts=texts)
+        if target != "embedding":
+            inputs = calibration_batches(tokenizer, texts)
     compress_model(net, method=method, ratio=ratio, k=k, rank=rank, seed=seed, n_init=n_init,
                    max_iter=max_iter, loss=loss, verbose=True, row_weights=None if cal is None else cal.weights,
                    calibration=None if cal is None else cal.record(), target=target, allocation=allocation,

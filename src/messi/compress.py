@@ -142,6 +142,12 @@ def _compress_embedding(model, emb, method, k, rank, weights, settings) -> dict:
     A = emb.weight.detach()
     factors = (svd_factorize(A, rank, weights) if method == "svd" else
                messi_factorize(A, k, rank, sample_weight=weights, **settings))
+    return _install_embedding_factors(model, emb, factors, method, k, rank, weights)
+
+
+def _install_embedding_factors(model, emb, factors, method, k, rank, weights) -> dict:
+    """Swap in the factored embedding holding ``factors`` (and the tied head); its messi.json fields."""
+    A = emb.weight.detach()
     layer = _embedding_layer(factors, emb, method)
     tied = is_tied(model, emb)
     install_embedding(model, layer, tied)
@@ -214,10 +220,10 @@ def _compress_layers(model, target, method, ratio, k, allocation, activations, i
     from tqdm.auto import tqdm
 
     linears = linear_targets(model)
-    if inputs is not None and activations is None and activation_aware:
-        activations = input_moments(model, inputs, list(linears))
     if not activation_aware:
         activations = None
+    elif inputs is not None and activations is None:
+        activations = input_moments(model, inputs, list(linears))
     missing = [name for name in linears if activations is not None and name not in activations]
     if missing:
         raise MessiError(f"activations has no input moments for {missing[0]} (and {len(missing) - 1} more); "
@@ -296,13 +302,9 @@ def _sensitivity(model, inputs, reference, matrix: Matrix, module: nn.Module, mo
 
 
 def _fit_embedding_target(model, emb, rank, method, k, search, weights, settings) -> dict:
-    A = emb.weight.detach()
-    factors, kk, j, _, _ = _best_fit(A.float(), rank, method, k, search, ("rows",), None, weights, settings)
-    method = "svd" if kk == 1 else "messi"
-    layer = _embedding_layer(factors, emb, method)
-    tied = is_tied(model, emb)
-    install_embedding(model, layer, tied)
-    return _embedding_record(A, layer, method, kk, j, weights, emb.padding_idx, tied)
+    factors, kk, j, _, _ = _best_fit(emb.weight.detach().float(), rank, method, k, search, ("rows",), None,
+                                     weights, settings)
+    return _install_embedding_factors(model, emb, factors, "svd" if kk == 1 else "messi", kk, j, weights)
 
 
 def _fit_linear_target(model, name, lin, rank, method, k, search, moments, settings) -> dict:

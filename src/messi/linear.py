@@ -26,9 +26,8 @@ from torch import nn
 
 from .errors import MessiError
 from .factorize import Factors
+from .folder import ORIENTATIONS
 from .layers import _label_dtype
-
-ORIENTATIONS = ("rows", "columns")
 
 
 class _FactoredLinear(nn.Module):

@@ -17,7 +17,8 @@ from .errors import MessiError
 from .layers import TiedOutputEmbedding, _LowRankEmbedding
 from .linear import FactorizedLinear, ProjectiveLinear, _FactoredLinear
 
-TARGETS = ("embedding", "linear", "all")
+from .folder import TARGETS
+
 #: The name the allocator gives the input embedding among the Linear layers' names.
 EMBEDDING = "<input embedding>"
 
