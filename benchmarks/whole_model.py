@@ -2,6 +2,7 @@
 share of ALL the model's parameters removed (target "all": embedding + every encoder Linear).
 
     python benchmarks/whole_model.py [--ratios 0.3,0.5] [--latency] [--model mpnet] [--variants a,b]
+    python benchmarks/whole_model.py --glue-base runs/glue_cal/stsb/seed-42/base --task stsb
 
 Variants (each at every ratio; results resume from benchmarks/results/whole_model.json):
 - uniform-svd       every matrix the same compression, plain SVD (weight error)
@@ -13,6 +14,9 @@ Variants (each at every ratio; results resume from benchmarks/results/whole_mode
 Calibration (token counts for the embedding rows, Linear inputs, sensitivities): 256 texts
 sampled from the train splits of SST-2, CoLA, MRPC and RTE. Scoring: all 1,500 STS-B dev pairs,
 never used to choose anything. Latency: forward of 32 x 128 tokens, median of 10, same process.
+With --glue-base: the fine-tuned classifier is compressed (its head kept), calibrated on its
+task's train text, and scored on the task's full dev set without recovery (GLUE score: mean of
+the task's metrics in %).
 """
 
 from __future__ import annotations
@@ -60,23 +64,67 @@ def latency(model, tokenizer, repeats: int = 10) -> float:
     return statistics.median(times)
 
 
-def results_file(model_name) -> Path:
-    return RESULTS_DIR / ("whole_model.json" if model_name is None else f"whole_model_{model_name}.json")
+class Subject:
+    """What is compressed and how it is scored: the sentence model on zero-shot STS-B dev, or
+    (``glue_base``) a fine-tuned GLUE classifier on its task's dev set, without recovery."""
+
+    def __init__(self, model_name=None, glue_base=None, task=None):
+        self.model_name, self.glue_base, self.task = model_name, glue_base, task
+        self.tok = load_tokenizer(glue_base or model_name)
+        if glue_base is None:
+            self.pool, self.pairs = read_pooling(resolve_model(model_name)), sts_pairs("dev")
+            self.sources = list(DEFAULT_SOURCES)
+        else:
+            from messi.glue.data import get_task, read_split
+            from messi.glue.train import TrainConfig
+
+            self.task = get_task(task)
+            self.dev, self.cfg = read_split(self.task, "dev"), TrainConfig()
+            self.sources = [f"glue:{self.task.name}"]  # in-domain calibration: the task's train text
+
+    @property
+    def name(self) -> str:
+        return (f"glue_{self.task.name}" if self.glue_base else "all-MiniLM-L6-v2" if self.model_name is None
+                else self.model_name)
+
+    @property
+    def results_file(self) -> Path:
+        stem = ("whole_model" if self.model_name is None else f"whole_model_{self.model_name}")
+        return RESULTS_DIR / (f"whole_model_glue_{self.task.name}.json" if self.glue_base else f"{stem}.json")
+
+    @property
+    def metric(self) -> str:
+        return (f"GLUE {self.task.name} dev score (no recovery)" if self.glue_base
+                else "zero-shot STS-B dev Spearman x 100")
+
+    def load(self):
+        if self.glue_base is None:
+            return load_pretrained(self.model_name)
+        from messi.glue.train import load_classifier
+
+        return load_classifier(self.glue_base, self.task)
+
+    def score(self, model) -> float:
+        if self.glue_base is None:
+            return sts_score(model, self.tok, self.pool, self.pairs)["spearman"]
+        from messi.glue.metrics import glue_score
+        from messi.glue.train import evaluate
+
+        return glue_score(evaluate(model, self.tok, self.task, self.dev, self.cfg))
 
 
-def run(ratios, with_latency: bool, model_name=None, variants=tuple(VARIANTS)) -> dict:
-    file = results_file(model_name)
+def run(subject: Subject, ratios, with_latency: bool, variants=tuple(VARIANTS)) -> dict:
+    file = subject.results_file
     results = json.loads(file.read_text()) if file.exists() else {}
-    tok, pool, pairs = load_tokenizer(model_name), read_pooling(resolve_model(model_name)), sts_pairs("dev")
-    texts = read_all(DEFAULT_SOURCES)
-    inputs = calibration_batches(tok, texts)
-    n = load_pretrained(model_name).get_input_embeddings().num_embeddings
-    weights = calibrate(tok, list(DEFAULT_SOURCES), n, texts=texts).weights
+    texts = read_all(subject.sources)
+    inputs = calibration_batches(subject.tok, texts)
+    n = subject.load().get_input_embeddings().num_embeddings
+    weights = calibrate(subject.tok, subject.sources, n, texts=texts).weights
     if "uncompressed" not in results:
-        model = load_pretrained(model_name)
-        results["uncompressed"] = {"spearman": sts_score(model, tok, pool, pairs)["spearman"],
+        model = subject.load()
+        results["uncompressed"] = {"score": subject.score(model),
                                    "params": sum(p.numel() for p in model.parameters()),
-                                   "latency": latency(model, tok)}
+                                   "latency": latency(model, subject.tok)}
         write_json(file, results)
     for ratio in ratios:
         for name in variants:
@@ -84,7 +132,7 @@ def run(ratios, with_latency: bool, model_name=None, variants=tuple(VARIANTS)) -
             key = f"{name}@{ratio}"
             if key in results:
                 continue
-            model = load_pretrained(model_name)
+            model = subject.load()
             start = time.perf_counter()
             compress(model, method=method, ratio=ratio, k=k, target="all", allocation=allocation, n_init=2,
                      max_iter=20, inputs=inputs if calibrated else None, activation_aware=aware,
@@ -95,19 +143,19 @@ def run(ratios, with_latency: bool, model_name=None, variants=tuple(VARIANTS)) -
                       "embedding_rank": (info.get("embedding") or {}).get("rank"),
                       "embedding_k": (info.get("embedding") or {}).get("k"),
                       "linear": {m: sum(e["method"] == m for e in info["linear_layers"]) for m in ("svd", "messi", "dense")},
-                      "spearman": sts_score(model, tok, pool, pairs)["spearman"]}
+                      "score": subject.score(model)}
             if with_latency:
-                record["latency"] = latency(model, tok)
+                record["latency"] = latency(model, subject.tok)
             results[key] = record
             write_json(file, results)
-            console.print(f"{key}: STS {record['spearman']:.2f}, model -{record['model_compression']:.1%}, "
+            console.print(f"{key}: score {record['score']:.2f}, model -{record['model_compression']:.1%}, "
                           f"fit {record['fit_seconds']:.0f} s")
     return results
 
 
-def show(results: dict, ratios, title: str) -> None:
+def show(results: dict, ratios, title: str, metric: str) -> None:
     ref = results["uncompressed"]
-    table = Table(title=f"{title}, target all: zero-shot STS-B dev Spearman (uncompressed {ref['spearman']:.2f})")
+    table = Table(title=f"{title}, target all: {metric} (uncompressed {ref['score']:.2f})")
     table.add_column("variant")
     for r in ratios:
         table.add_column(f"-{r:.0%} targeted (model)")
@@ -115,7 +163,7 @@ def show(results: dict, ratios, title: str) -> None:
         cells = []
         for r in ratios:
             rec = results.get(f"{name}@{r}")
-            cells.append("—" if rec is None else f"{rec['spearman']:.2f} ({rec['spearman'] - ref['spearman']:+.2f}; "
+            cells.append("—" if rec is None else f"{rec['score']:.2f} ({rec['score'] - ref['score']:+.2f}; "
                          f"-{rec['model_compression']:.1%})")
         table.add_row(name, *cells)
     console.print(table)
@@ -130,7 +178,7 @@ def show(results: dict, ratios, title: str) -> None:
         console.print(lat)
 
 
-def plot(results: dict, ratios, title: str, path: Path) -> None:
+def plot(results: dict, ratios, title: str, metric: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -138,13 +186,13 @@ def plot(results: dict, ratios, title: str, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name in VARIANTS:
-        pts = [(results[f"{name}@{r}"]["model_compression"] * 100, results[f"{name}@{r}"]["spearman"])
+        pts = [(results[f"{name}@{r}"]["model_compression"] * 100, results[f"{name}@{r}"]["score"])
                for r in ratios if f"{name}@{r}" in results]
         if pts:
             ax.plot(*zip(*pts), marker="o", label=name)
-    ax.axhline(results["uncompressed"]["spearman"], color="grey", linestyle="--", label="uncompressed")
+    ax.axhline(results["uncompressed"]["score"], color="grey", linestyle="--", label="uncompressed")
     ax.set_xlabel("whole-model parameters removed (%)")
-    ax.set_ylabel("zero-shot STS-B dev Spearman x 100")
+    ax.set_ylabel(metric)
     ax.set_title(f"{title}: embedding + every encoder Linear")
     ax.legend(fontsize=8)
     save_png(fig, path)
@@ -156,17 +204,22 @@ def main() -> None:
     parser.add_argument("--latency", action="store_true", help="Also time a forward pass of each model.")
     parser.add_argument("--model", default=None, help="Built-in name (default: all-MiniLM-L6-v2; mpnet: all-mpnet-base-v2).")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="Comma-separated subset of the variants.")
+    parser.add_argument("--glue-base", default=None,
+                        help="A fine-tuned GLUE classifier folder (e.g. a `messi sweep` base, "
+                             "runs/glue_cal/stsb/seed-42/base): compress it and score its task's dev set "
+                             "without recovery instead of zero-shot STS-B.")
+    parser.add_argument("--task", default="stsb", help="The GLUE task of --glue-base.")
     args = parser.parse_args()
     ratios = [float(r) for r in args.ratios.split(",")]
     variants = [v for v in args.variants.split(",") if v]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
-    results = run(ratios, args.latency, args.model, variants)
-    title = "all-MiniLM-L6-v2" if args.model is None else args.model
-    path = results_file(args.model)
-    show(results, ratios, title)
-    plot(results, ratios, title, path.with_suffix(".png"))
+    subject = Subject(args.model, args.glue_base, args.task if args.glue_base else None)
+    results = run(subject, ratios, args.latency, variants)
+    path = subject.results_file
+    show(results, ratios, subject.name, subject.metric)
+    plot(results, ratios, subject.name, subject.metric, path.with_suffix(".png"))
     console.print(f"wrote {path} and {path.with_suffix('.png')}")
 
 

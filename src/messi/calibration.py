@@ -225,40 +225,48 @@ class _Enough(Exception):
     """Raised by a hook to end a forward pass once every wanted input was seen."""
 
 
-@torch.no_grad()
-def input_moments(model, batches: list[dict], names) -> dict[str, torch.Tensor]:
-    """Second moments C = E[x x^T] (in, in), float64, of the inputs x of each Linear layer in
-    ``names`` over the real tokens of ``batches`` (padding excluded). Each forward pass stops
-    as soon as all of them have seen their input (the layers after them never run)."""
-    modules = {name: model.get_submodule(name) for name in names}
-    sums = {name: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for name, m in modules.items()}
-    state = {"tokens": 0, "mask": None, "pending": set()}
+def _layer_inputs(model, batch: dict, modules: dict) -> dict[str, torch.Tensor]:
+    """One forward pass of ``batch``: the input of each module in ``modules`` (name: module) at
+    the real tokens, (tokens, in) float64 on the CPU. The pass stops as soon as all of them
+    have seen their input (the layers after them never run)."""
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    mask, seen = batch["attention_mask"].bool(), {}
 
     def hook(name):
         def record(_module, args):
             x = args[0]
-            mask = state["mask"]
-            x = x[mask] if mask is not None and x.shape[:-1] == mask.shape else x.reshape(-1, x.shape[-1])
-            x = x.double().cpu()
-            sums[name] += x.T @ x
-            state["pending"].discard(name)
-            if not state["pending"]:
+            x = x[mask] if x.shape[:-1] == mask.shape else x.reshape(-1, x.shape[-1])
+            seen[name] = x.double().cpu()
+            if len(seen) == len(modules):
                 raise _Enough
         return record
 
     handles = [m.register_forward_pre_hook(hook(name)) for name, m in modules.items()]
     try:
-        encoder, device = _encoder(model), next(model.parameters()).device
-        for batch in batches:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            state["mask"] = batch["attention_mask"].bool()
-            state["tokens"] += int(state["mask"].sum())
-            state["pending"] = set(modules)
-            try:
-                encoder(**batch)
-            except _Enough:
-                pass
+        _encoder(model)(**batch)
+    except _Enough:
+        pass
     finally:
         for h in handles:
             h.remove()
-    return {name: s / max(state["tokens"], 1) for name, s in sums.items()}
+    return seen
+
+
+def _modules(model, names) -> dict:
+    return {name: model.get_submodule(name) for name in names}
+
+
+@torch.no_grad()
+def input_moments(model, batches: list[dict], names) -> dict[str, torch.Tensor]:
+    """Second moments C = E[x x^T] (in, in), float64, of the inputs x of each Linear layer in
+    ``names`` over the real tokens of ``batches`` (padding excluded). Each forward pass stops
+    as soon as all of them have seen their input (the layers after them never run)."""
+    modules = _modules(model, names)
+    sums = {name: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for name, m in modules.items()}
+    tokens = 0
+    for batch in batches:
+        for name, x in _layer_inputs(model, batch, modules).items():
+            sums[name] += x.T @ x
+        tokens += int(batch["attention_mask"].sum())
+    return {name: s / max(tokens, 1) for name, s in sums.items()}
