@@ -123,3 +123,26 @@ def test_input_moments_are_the_second_moments_of_the_real_tokens():
     # a later layer sees what the earlier ones made of it: not the embedding output
     later = input_moments(model, [{"input_ids": ids, "attention_mask": mask}], ["encoder.layer.1.output.dense"])
     assert later["encoder.layer.1.output.dense"].shape == (16, 16)
+
+
+def test_calibration_batches_take_each_chosen_text_once_in_batches_of_similar_length():
+    """Real SST-2 and RTE train text (short and long sentences mixed): every chosen text is in
+    exactly one batch, batches are padded to their own longest text, and sorting by length pads
+    fewer positions than the texts' own order would."""
+    from messi import load_tokenizer
+    from messi.calibration import calibration_batches, read_all
+
+    tok = load_tokenizer()
+    texts = read_all(["glue:sst2", "glue:rte"])
+    batches = calibration_batches(tok, texts, max_texts=96, batch_size=16)
+    chosen = texts[::len(texts) // 96][:96]
+    real = sorted(tok.decode(ids[m.bool()], skip_special_tokens=True)
+                  for b in batches for ids, m in zip(b["input_ids"], b["attention_mask"]))
+    assert real == sorted(tok.decode(tok(t, truncation=True, max_length=128)["input_ids"], skip_special_tokens=True)
+                          for t in chosen)
+    lengths = [int(b["attention_mask"].sum(1).max()) for b in batches]
+    assert lengths == sorted(lengths) and all(b["input_ids"].shape[1] == n for b, n in zip(batches, lengths))
+    padded = sum(b["input_ids"].numel() for b in batches)
+    unsorted = sum(len(chosen[i:i + 16]) * max(len(tok(t)["input_ids"]) for t in chosen[i:i + 16])
+                   for i in range(0, 96, 16))
+    assert padded < unsorted

@@ -190,7 +190,8 @@ def calibrate(tokenizer, sources: list[str], num_embeddings: int, data_dir=None,
 def calibration_batches(tokenizer, texts, max_texts: int = 256, batch_size: int = 32,
                         max_length: int = 128) -> list[dict]:
     """Model inputs for activation statistics: up to ``max_texts`` of ``texts``, evenly spread
-    over the list (deterministic), tokenised in padded batches of ``batch_size``.
+    over the list (deterministic), tokenised in padded batches of ``batch_size`` texts of
+    similar length (shortest first).
 
     Returns a list of dicts of tensors (input_ids, attention_mask, ...), each (batch, tokens).
     """
@@ -199,6 +200,10 @@ def calibration_batches(tokenizer, texts, max_texts: int = 256, batch_size: int 
         raise MessiError("the calibration sources hold no text; give a file or glue:TASK with text")
     step = max(1, len(texts) // max_texts)
     chosen = texts[::step][:max_texts]
+    # batched by length: each batch pads to its own longest text, so sorting cuts the padded
+    # positions every calibration pass computes (the statistics are sums over the real tokens)
+    lengths = [len(ids) for ids in tokenizer(chosen, truncation=True, max_length=max_length)["input_ids"]]
+    chosen = [t for _, t in sorted(zip(lengths, chosen), key=lambda pair: pair[0])]
     return [dict(tokenizer(chosen[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
                            return_tensors="pt"))
             for i in range(0, len(chosen), batch_size)]
