@@ -146,3 +146,24 @@ def test_calibration_batches_take_each_chosen_text_once_in_batches_of_similar_le
     unsorted = sum(len(chosen[i:i + 16]) * max(len(tok(t)["input_ids"]) for t in chosen[i:i + 16])
                    for i in range(0, 96, 16))
     assert padded < unsorted
+
+
+def test_model_outputs_are_a_classifiers_logits_and_an_encoders_real_token_states():
+    import transformers
+
+    from messi.calibration import has_sequence_head, model_outputs
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=16, num_labels=3)
+    ids = torch.randint(1, 50, (2, 5))
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    batches = [{"input_ids": ids, "attention_mask": mask}]
+    classifier = transformers.BertForSequenceClassification(config).eval()
+    assert has_sequence_head(classifier) and not has_sequence_head(classifier.bert)
+    with torch.no_grad():
+        logits = classifier(input_ids=ids, attention_mask=mask).logits
+        states = classifier.bert(input_ids=ids, attention_mask=mask)[0][mask.bool()]
+    assert torch.equal(model_outputs(classifier, batches), logits)
+    assert model_outputs(classifier.bert, batches).shape == (8, 8)
+    assert torch.equal(model_outputs(classifier.bert, batches), states)

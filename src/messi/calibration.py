@@ -213,16 +213,32 @@ def _encoder(model):
     return getattr(model, "base_model", model)
 
 
+def has_sequence_head(model) -> bool:
+    """Whether ``model`` ends in a sequence-level task head (a GLUE classifier or regressor:
+    ``...ForSequenceClassification``), whose logits are what its user reads."""
+    return type(model).__name__.endswith("ForSequenceClassification")
+
+
 @torch.no_grad()
-def token_states(model, batches: list[dict]) -> torch.Tensor:
-    """The encoder's last hidden states at every real (unpadded) token of ``batches``:
-    (tokens, hidden) float32, the reference against which a compressed layer's damage is read."""
-    encoder, device = _encoder(model), next(model.parameters()).device
+def model_outputs(model, batches: list[dict]) -> torch.Tensor:
+    """What the model gives its user on ``batches``, the reference against which a compressed
+    layer's damage is read: the logits (texts, labels) of a sequence-level task head, else the
+    encoder's last hidden states at every real (unpadded) token (tokens, hidden); float32.
+
+    A fine-tuned classifier reads one token through its head, so errors elsewhere in the token
+    states do not reach its answers; its logits are the right yardstick (selected on 2,000
+    STS-B train rows: see docs/benchmarks.md section 6)."""
+    device = next(model.parameters()).device
+    head = has_sequence_head(model)
+    encoder = model if head else _encoder(model)
     out = []
     for batch in batches:
         batch = {k: v.to(device) for k, v in batch.items()}
-        hidden = encoder(**batch)[0]
-        out.append(hidden[batch["attention_mask"].bool()].float().cpu())
+        if head:
+            out.append(model(**batch).logits.float().cpu())
+        else:
+            hidden = encoder(**batch)[0]
+            out.append(hidden[batch["attention_mask"].bool()].float().cpu())
     return torch.cat(out)
 
 

@@ -33,7 +33,7 @@ from .io import atomic_dir, check_writable_target, write_json
 from .layers import FactorizedEmbedding, ProjectiveEmbedding, _LowRankEmbedding
 from .targets import (EMBEDDING, check_target, empty_linear, input_embedding, install_embedding, install_linear,
                       is_tied, linear_targets)
-from .calibration import input_moments, token_states
+from .calibration import input_moments, model_outputs
 from .models import copy_sentence_transformers_files, load_hf_model, resolve_model
 
 
@@ -234,7 +234,7 @@ def _compress_layers(model, target, method, ratio, k, allocation, activations, i
     if emb is not None:
         matrices.append(Matrix(EMBEDDING, *emb.weight.shape, _spectrum(emb.weight, weights=weights)))
     if inputs is not None and allocation == "global":
-        modules, reference = {**linears, EMBEDDING: emb}, token_states(model, inputs)
+        modules, reference = {**linears, EMBEDDING: emb}, model_outputs(model, inputs)
         for m in tqdm(matrices, desc="measuring sensitivities", disable=not settings["verbose"]):
             m.sensitivity = _sensitivity(model, inputs, reference, m, modules[m.name], moments.get(m.name), weights)
     fixed_k = 1 if method == "svd" else k
@@ -283,9 +283,9 @@ PROBE_ERROR = 0.1
 
 
 def _sensitivity(model, inputs, reference, matrix: Matrix, module: nn.Module, moments, weights) -> float:
-    """The model's relative output error (last hidden states on ``inputs``, against their
-    ``reference`` (tokens, hidden)) per unit of the matrix's own relative error, with the matrix
-    replaced by an SVD probe for the moment."""
+    """The model's relative output error (``calibration.model_outputs`` on ``inputs``: a task
+    head's logits, else the last hidden states; against their ``reference``) per unit of the
+    matrix's own relative error, with the matrix replaced by an SVD probe for the moment."""
     j = next((j for j in range(1, matrix.max_rank + 1) if matrix.svd_error(j) <= PROBE_ERROR), matrix.max_rank)
     W = module.weight
     row_weights = weights if isinstance(module, nn.Embedding) else None
@@ -294,7 +294,7 @@ def _sensitivity(model, inputs, reference, matrix: Matrix, module: nn.Module, mo
     saved = W.data
     try:
         W.data = approx.to(W.dtype)
-        changed = token_states(model, inputs)
+        changed = model_outputs(model, inputs)
     finally:
         W.data = saved
     effect = float((changed - reference).double().square().sum() / reference.double().square().sum())
