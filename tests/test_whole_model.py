@@ -131,6 +131,42 @@ def test_sensitivities_are_measured_and_recorded():
     assert all(v > 0 for v in sens.values())
 
 
+def test_a_classifier_keeps_its_head_and_reloads_exactly(tmp_path):
+    """A sequence classifier: the budget is met on the encoder, the head and pooler stay as they
+    were, and save/load gives the same class and the same logits."""
+    config = transformers.BertConfig(vocab_size=300, hidden_size=32, num_attention_heads=2, intermediate_size=64,
+                                     num_hidden_layers=2, num_labels=3)
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(config).eval()
+    head = {n: p.detach().clone() for n, p in model.named_parameters() if n.startswith(("classifier", "bert.pooler"))}
+    messi.compress(model, method="svd", ratio=0.4, target="all", inputs=batches())
+    info = model.messi_config
+    assert info["compression"] >= 0.4
+    assert not any(e["name"].startswith(("classifier", "bert.pooler")) for e in info["linear_layers"])
+    assert all(torch.equal(p, dict(model.named_parameters())[n]) for n, p in head.items())
+    messi.save(model, tmp_path / "cls")
+    again = messi.load(tmp_path / "cls")
+    assert type(again).__name__ == "BertForSequenceClassification"
+    ids = batches()[0]["input_ids"]
+    assert torch.equal(outputs(model, ids), outputs(again, ids))
+
+
+def test_classifier_sensitivities_are_read_on_the_logits(monkeypatch):
+    """The reference the probes compare against is the logits (texts, labels) of a classifier."""
+    import messi.calibration as calibration
+
+    config = transformers.BertConfig(vocab_size=300, hidden_size=32, num_attention_heads=2, intermediate_size=64,
+                                     num_hidden_layers=2, num_labels=3)
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(config).eval()
+    seen = []
+    real = calibration.model_outputs
+    compress_module = sys.modules["messi.compress"]
+    monkeypatch.setattr(compress_module, "model_outputs", lambda m, b: seen.append(real(m, b)) or seen[-1])
+    messi.compress(model, method="svd", ratio=0.4, target="all", inputs=batches())
+    assert seen and all(t.shape == (12, 3) for t in seen)
+
+
 def test_install_empty_then_copying_the_weights_rebuilds_a_linear_compressed_model():
     original, other = tiny("bert"), tiny("bert", seed=5)
     messi.compress(original, method="messi", ratio=0.4, k=2, n_init=1, max_iter=5, target="all", inputs=batches())
