@@ -228,16 +228,14 @@ def model_outputs(model, batches: list[dict]) -> torch.Tensor:
     A fine-tuned classifier reads one token through its head, so errors elsewhere in the token
     states do not reach its answers; its logits are the right yardstick (selected on 2,000
     STS-B train rows: see docs/benchmarks.md section 6)."""
-    device = next(model.parameters()).device
-    head = has_sequence_head(model)
-    encoder = model if head else _encoder(model)
+    device, head = next(model.parameters()).device, has_sequence_head(model)
     out = []
     for batch in batches:
         batch = {k: v.to(device) for k, v in batch.items()}
         if head:
             out.append(model(**batch).logits.float().cpu())
         else:
-            hidden = encoder(**batch)[0]
+            hidden = _encoder(model)(**batch)[0]
             out.append(hidden[batch["attention_mask"].bool()].float().cpu())
     return torch.cat(out)
 
@@ -274,16 +272,12 @@ def _layer_inputs(model, batch: dict, modules: dict) -> dict[str, torch.Tensor]:
     return seen
 
 
-def _modules(model, names) -> dict:
-    return {name: model.get_submodule(name) for name in names}
-
-
 @torch.no_grad()
 def input_moments(model, batches: list[dict], names) -> dict[str, torch.Tensor]:
     """Second moments C = E[x x^T] (in, in), float64, of the inputs x of each Linear layer in
     ``names`` over the real tokens of ``batches`` (padding excluded). Each forward pass stops
     as soon as all of them have seen their input (the layers after them never run)."""
-    modules = _modules(model, names)
+    modules = {name: model.get_submodule(name) for name in names}
     sums = {name: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for name, m in modules.items()}
     tokens = 0
     for batch in batches:
