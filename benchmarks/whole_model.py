@@ -64,68 +64,68 @@ def latency(model, tokenizer, repeats: int = 10) -> float:
     return statistics.median(times)
 
 
-class Subject:
-    """What is compressed and how it is scored: the sentence model on zero-shot STS-B dev, or
-    (``glue_base``) a fine-tuned GLUE classifier on its task's dev set, without recovery."""
+class SentenceSubject:
+    """The sentence model (built-in name), scored zero-shot on STS-B dev; calibrated on the
+    default sources (GLUE train text of tasks other than STS-B)."""
 
-    def __init__(self, model_name=None, glue_base=None, task=None):
-        self.model_name, self.glue_base, self.task = model_name, glue_base, task
-        self.tok = load_tokenizer(glue_base or model_name)
-        if glue_base is None:
-            self.pool, self.pairs = read_pooling(resolve_model(model_name)), sts_pairs("dev")
-            self.sources = list(DEFAULT_SOURCES)
-        else:
-            from messi.glue.data import get_task, read_split
-            from messi.glue.train import TrainConfig
+    metric = "zero-shot STS-B dev Spearman x 100"
+    sources = list(DEFAULT_SOURCES)
 
-            self.task = get_task(task)
-            self.dev, self.cfg = read_split(self.task, "dev"), TrainConfig()
-            self.sources = [f"glue:{self.task.name}"]  # in-domain calibration: the task's train text
-
-    @property
-    def name(self) -> str:
-        return (f"glue_{self.task.name}" if self.glue_base else "all-MiniLM-L6-v2" if self.model_name is None
-                else self.model_name)
-
-    @property
-    def results_file(self) -> Path:
-        stem = ("whole_model" if self.model_name is None else f"whole_model_{self.model_name}")
-        return RESULTS_DIR / (f"whole_model_glue_{self.task.name}.json" if self.glue_base else f"{stem}.json")
-
-    @property
-    def metric(self) -> str:
-        return (f"GLUE {self.task.name} dev score (no recovery)" if self.glue_base
-                else "zero-shot STS-B dev Spearman x 100")
+    def __init__(self, model_name=None):
+        self.model_name = model_name
+        self.name = "all-MiniLM-L6-v2" if model_name is None else model_name
+        self.results_file = RESULTS_DIR / ("whole_model.json" if model_name is None else f"whole_model_{model_name}.json")
+        self.tok = load_tokenizer(model_name)
+        self.pool, self.pairs = read_pooling(resolve_model(model_name)), sts_pairs("dev")
 
     def load(self):
-        if self.glue_base is None:
-            return load_pretrained(self.model_name)
-        from messi.glue.train import load_classifier
-
-        return load_classifier(self.glue_base, self.task)
+        return load_pretrained(self.model_name)
 
     def score(self, model) -> float:
-        if self.glue_base is None:
-            return sts_score(model, self.tok, self.pool, self.pairs)["spearman"]
+        return sts_score(model, self.tok, self.pool, self.pairs)["spearman"]
+
+
+class GlueSubject:
+    """A fine-tuned GLUE classifier folder, scored on its task's full dev set without recovery
+    (GLUE score in %); calibrated on its task's train text (in-domain, as `messi sweep`'s +cal)."""
+
+    def __init__(self, base, task: str):
+        from messi.glue.data import get_task, read_split
+        from messi.glue.train import TrainConfig
+
+        self.base, self.task = base, get_task(task)
+        self.name = f"glue_{self.task.name}"
+        self.metric = f"GLUE {self.task.name} dev score (no recovery)"
+        self.results_file = RESULTS_DIR / f"whole_model_glue_{self.task.name}.json"
+        self.sources = [f"glue:{self.task.name}"]
+        self.tok = load_tokenizer(base)
+        self.dev, self.cfg = read_split(self.task, "dev"), TrainConfig()
+
+    def load(self):
+        from messi.glue.train import load_classifier
+
+        return load_classifier(self.base, self.task)
+
+    def score(self, model) -> float:
         from messi.glue.metrics import glue_score
         from messi.glue.train import evaluate
 
         return glue_score(evaluate(model, self.tok, self.task, self.dev, self.cfg))
 
 
-def run(subject: Subject, ratios, with_latency: bool, variants=tuple(VARIANTS)) -> dict:
+def run(subject: SentenceSubject | GlueSubject, ratios, with_latency: bool, variants=tuple(VARIANTS)) -> dict:
     file = subject.results_file
     results = json.loads(file.read_text()) if file.exists() else {}
     texts = read_all(subject.sources)
     inputs = calibration_batches(subject.tok, texts)
-    n = subject.load().get_input_embeddings().num_embeddings
-    weights = calibrate(subject.tok, subject.sources, n, texts=texts).weights
+    original = subject.load()
+    weights = calibrate(subject.tok, subject.sources, original.get_input_embeddings().num_embeddings, texts=texts).weights
     if "uncompressed" not in results:
-        model = subject.load()
-        results["uncompressed"] = {"score": subject.score(model),
-                                   "params": sum(p.numel() for p in model.parameters()),
-                                   "latency": latency(model, subject.tok)}
+        results["uncompressed"] = {"score": subject.score(original),
+                                   "params": sum(p.numel() for p in original.parameters()),
+                                   "latency": latency(original, subject.tok)}
         write_json(file, results)
+    del original
     for ratio in ratios:
         for name in variants:
             method, allocation, k, calibrated, aware = VARIANTS[name]
@@ -215,7 +215,7 @@ def main() -> None:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
-    subject = Subject(args.model, args.glue_base, args.task if args.glue_base else None)
+    subject = SentenceSubject(args.model) if args.glue_base is None else GlueSubject(args.glue_base, args.task)
     results = run(subject, ratios, args.latency, variants)
     path = subject.results_file
     show(results, ratios, subject.name, subject.metric)
