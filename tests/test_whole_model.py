@@ -39,6 +39,14 @@ def tiny(name, seed=0):
     return model
 
 
+def tiny_classifier(num_labels=3):
+    """A small BERT sequence classifier (head and pooler included)."""
+    config = transformers.BertConfig(vocab_size=300, hidden_size=32, num_attention_heads=2, intermediate_size=64,
+                                     num_hidden_layers=2, num_labels=num_labels)
+    torch.manual_seed(0)
+    return transformers.BertForSequenceClassification(config).eval()
+
+
 def batches(seed=0, n=3):
     g = torch.Generator().manual_seed(seed)
     out = []
@@ -134,10 +142,7 @@ def test_sensitivities_are_measured_and_recorded():
 def test_a_classifier_keeps_its_head_and_reloads_exactly(tmp_path):
     """A sequence classifier: the budget is met on the encoder, the head and pooler stay as they
     were, and save/load gives the same class and the same logits."""
-    config = transformers.BertConfig(vocab_size=300, hidden_size=32, num_attention_heads=2, intermediate_size=64,
-                                     num_hidden_layers=2, num_labels=3)
-    torch.manual_seed(0)
-    model = transformers.BertForSequenceClassification(config).eval()
+    model = tiny_classifier()
     head = {n: p.detach().clone() for n, p in model.named_parameters() if n.startswith(("classifier", "bert.pooler"))}
     messi.compress(model, method="svd", ratio=0.4, target="all", inputs=batches())
     info = model.messi_config
@@ -155,10 +160,7 @@ def test_classifier_sensitivities_are_read_on_the_logits(monkeypatch):
     """The reference the probes compare against is the logits (texts, labels) of a classifier."""
     import messi.calibration as calibration
 
-    config = transformers.BertConfig(vocab_size=300, hidden_size=32, num_attention_heads=2, intermediate_size=64,
-                                     num_hidden_layers=2, num_labels=3)
-    torch.manual_seed(0)
-    model = transformers.BertForSequenceClassification(config).eval()
+    model = tiny_classifier()
     seen = []
     real = calibration.model_outputs
     compress_module = sys.modules["messi.compress"]

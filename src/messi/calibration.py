@@ -213,6 +213,11 @@ def _encoder(model):
     return getattr(model, "base_model", model)
 
 
+def _on_model_device(model, batch: dict) -> dict:
+    device = next(model.parameters()).device
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 def has_sequence_head(model) -> bool:
     """Whether ``model`` ends in a sequence-level task head (a GLUE classifier or regressor:
     ``...ForSequenceClassification``), whose logits are what its user reads."""
@@ -228,10 +233,10 @@ def model_outputs(model, batches: list[dict]) -> torch.Tensor:
     A fine-tuned classifier reads one token through its head, so errors elsewhere in the token
     states do not reach its answers; its logits are the right yardstick (selected on 2,000
     STS-B train rows: see docs/benchmarks.md section 6)."""
-    device, head = next(model.parameters()).device, has_sequence_head(model)
+    head = has_sequence_head(model)
     out = []
     for batch in batches:
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = _on_model_device(model, batch)
         if head:
             out.append(model(**batch).logits.float().cpu())
         else:
@@ -248,8 +253,7 @@ def _layer_inputs(model, batch: dict, modules: dict) -> dict[str, torch.Tensor]:
     """One forward pass of ``batch``: the input of each module in ``modules`` (name: module) at
     the real tokens, (tokens, in) float64 on the CPU. The pass stops as soon as all of them
     have seen their input (the layers after them never run)."""
-    device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in batch.items()}
+    batch = _on_model_device(model, batch)
     mask, seen = batch["attention_mask"].bool(), {}
 
     def hook(name):
