@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -103,10 +105,11 @@ def test_kmeans_seeding_beats_random_split_on_real_matrix(minilm_embedding):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(n_clusters=0, rank=2), "k"),
-    (dict(n_clusters=2, rank=0), "rank"),
-    (dict(n_clusters=2, rank=8), "rank"),
-    (dict(n_clusters=2, rank=2, init="bogus"), "init"),
+    # anchored: the message starts with the setting's own name
+    (dict(n_clusters=0, rank=2), r"^k \(n_clusters\) must be in \[1, inf\]"),
+    (dict(n_clusters=2, rank=0), r"^rank must be in \[1, 7\]"),
+    (dict(n_clusters=2, rank=8), r"^rank must be in \[1, 7\]"),
+    (dict(n_clusters=2, rank=2, init="bogus"), "^init must be"),
 ])
 def test_bad_parameters(kwargs, match):
     X, _ = planted()
@@ -483,9 +486,9 @@ def test_seeding_is_reproducible_and_weighted():
 
 
 @pytest.mark.parametrize("kwargs, words", [
-    (dict(delta=0.0), "delta"), (dict(delta=-1.0), "delta"), (dict(delta=float("nan")), "delta"),
-    (dict(max_iter=0), "max_iter"), (dict(n_init=0), "n_init"), (dict(tol=float("inf")), "tol"),
-    (dict(seed=-1), "seed")])
+    (dict(delta=0.0), "^delta must"), (dict(delta=-1.0), "^delta must"), (dict(delta=float("nan")), "^delta must"),
+    (dict(max_iter=0), "^max_iter must"), (dict(n_init=0), "^n_init must"), (dict(tol=float("inf")), "^tol must"),
+    (dict(seed=-1), "^seed must")])
 def test_bad_settings_name_the_setting(kwargs, words):
     X, _ = planted(n_per=10, k=2, j=1, d=4, seed=0)
     with pytest.raises(MessiError, match=words):
@@ -494,3 +497,210 @@ def test_bad_settings_name_the_setting(kwargs, words):
     with pytest.raises(MessiError, match="2 rows cannot fill 3 clusters"):
         ProjectiveClustering(3, 1).fit(X[:2])
     assert ProjectiveClustering(2, 1, n_init=1).fit(X[:2]).labels_.tolist() in ([0, 1], [1, 0])  # n = k is enough
+
+
+# --- the progress bar, the defaults, the messages (escapes found by mutation testing) ---------
+
+def test_the_progress_bar_counts_every_planned_step_and_shows_the_best_cost(capsys):
+    X, _ = planted(n_per=30, k=2, j=1, d=4, seed=0)
+    m = ProjectiveClustering(2, 1, n_init=2, max_iter=7, seed=0, verbose=True).fit(X)
+    assert m.n_iter_ < 7  # runs stopped early: the bar must still be filled to the end
+    final = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert final.startswith("projective clustering k=2 j=1")
+    assert "| 14/14 [" in final  # n_init x max_iter, no more, no less
+    assert re.search(r"[\d?](step/s|s/step)\b", final)
+    assert re.search(r"best_cost=\d", final)
+    ProjectiveClustering(2, 1, n_init=1, max_iter=3).fit(X)
+    ProjectiveClustering(2, 1, n_init=1, max_iter=3, verbose=False).fit(X)
+    assert capsys.readouterr().err == ""  # quiet unless asked
+
+
+def test_the_documented_defaults():
+    m = ProjectiveClustering()
+    got = (m.n_clusters, m.rank, m.n_init, m.max_iter, m.tol, m.init, m.seed, m.loss, m.delta, m.verbose)
+    assert got == (3, 2, 4, 50, 1e-4, "kmeans", 0, "l2", None, False)
+
+
+def test_bad_rows_are_counted_and_the_matrix_named():
+    from messi.clustering import as_matrix
+
+    X = torch.ones(5, 3)
+    X[1, 0], X[3, 2], X[3, 1] = float("nan"), float("inf"), float("nan")  # two bad rows, three bad values
+    with pytest.raises(MessiError, match=r"^the matrix has NaN or inf values in 2 rows;"):
+        as_matrix(X)
+    with pytest.raises(MessiError, match=r"^the embedding has NaN"):
+        as_matrix(X, "embedding")
+    with pytest.raises(MessiError, match=r"^the matrix must hold numbers"):
+        as_matrix(np.array([["a", "b"]]))
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.float16, torch.bfloat16])
+def test_integer_and_half_matrices_are_fitted_in_float32(dtype):
+    X, _ = planted(n_per=20, k=2, j=1, d=4, seed=1)
+    X = (X * 8).round().to(dtype)
+    got = ProjectiveClustering(2, 1, n_init=1).fit(X)
+    want = ProjectiveClustering(2, 1, n_init=1).fit(X.float())
+    assert got.bases_.dtype == torch.float32
+    assert torch.equal(got.bases_, want.bases_) and torch.equal(got.labels_, want.labels_)
+
+
+def test_sample_weight_follows_the_rows_device_and_accepts_tensors_that_need_grad():
+    from messi.clustering import check_sample_weight
+
+    assert check_sample_weight([1.0, 2.0], 2, torch.device("meta")).device.type == "meta"
+    assert check_sample_weight([1.0, 2.0], 2).device.type == "cpu"
+    w = torch.tensor([1.0, 2.0], requires_grad=True)  # e.g. weights computed by a model
+    assert torch.equal(check_sample_weight(w, 2), torch.tensor([1.0, 2.0], dtype=torch.float64))
+
+
+def test_a_random_split_stays_on_the_rows_device():
+    from messi.clustering import _seed
+
+    labels = _seed(torch.empty(10, 3, device="meta"), 3, 1, "random", torch.Generator().manual_seed(0))
+    assert labels.device.type == "meta" and labels.dtype == torch.long
+
+
+# --- re-seeding starved clusters, by hand ----------------------------------------------------
+
+def _e(d, i, dtype=torch.float64):
+    return torch.eye(d, dtype=dtype)[i]
+
+
+def _spans(basis, v, atol=1e-9):
+    """True when the vector ``v`` lies in the row span of ``basis`` (j, d)."""
+    return bool(torch.allclose(basis.T @ (basis @ v), v, atol=atol))
+
+
+def test_a_cluster_whose_rows_all_weigh_zero_is_starved_and_takes_the_heaviest_worst_rows():
+    from messi.clustering import _refit
+
+    d = 6
+    X = torch.cat([_e(d, 1).repeat(5, 1) * 3,    # rows 0-4: residual 100, weight 1  -> 100
+                   _e(d, 3).repeat(5, 1),        # rows 5-9: residual 10, weight 20  -> 200
+                   _e(d, 0).repeat(10, 1) * 2,   # rows 10-19: served well
+                   _e(d, 2).repeat(20, 1)])      # rows 20-39: cluster 1, all weight 0
+    labels = torch.cat([torch.zeros(20, dtype=torch.long), torch.ones(20, dtype=torch.long)])
+    resid = torch.cat([torch.full((5,), 100.0), torch.full((5,), 10.0), torch.zeros(30)]).double()
+    w = torch.cat([torch.ones(5), torch.full((5,), 20.0), torch.ones(10), torch.zeros(20)]).double()
+    bases, _ = _refit(X, labels, resid, 2, 1, w)
+    # max(4j, n/4k) = 5 worst rows by weighted residual: rows 5-9, along e3
+    assert _spans(bases[1], _e(d, 3))
+
+
+def test_a_cluster_of_exactly_j_rows_is_fitted_not_reseeded():
+    from messi.clustering import _refit
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.cat([100 * torch.randn(30, 5, generator=g, dtype=torch.float64),
+                   torch.randn(2, 5, generator=g, dtype=torch.float64)])
+    labels = torch.cat([torch.zeros(30, dtype=torch.long), torch.ones(2, dtype=torch.long)])
+    resid = torch.cat([torch.full((30,), 50.0), torch.zeros(2)]).double()
+    bases, _ = _refit(X, labels, resid, 2, 2, None)
+    assert _spans(bases[1], X[30]) and _spans(bases[1], X[31])
+
+
+def test_reseeding_looks_at_the_4j_worst_rows_when_the_matrix_is_small():
+    from messi.clustering import _refit
+
+    d = 4
+    X = torch.cat([_e(d, 0).repeat(4, 1), 1000 * _e(d, 1)[None], torch.zeros(15, d, dtype=torch.float64)])
+    resid = torch.cat([torch.full((4,), 10.0), torch.tensor([9.0]), torch.zeros(15)]).double()
+    labels = torch.zeros(20, dtype=torch.long)  # cluster 1 starved; n/4k = 2 < 4j = 4
+    bases, _ = _refit(X, labels, resid, 2, 1, None)
+    assert _spans(bases[1], _e(d, 0))  # the fifth worst row, huge as it is, is not looked at
+
+
+def test_a_starved_cluster_keeps_its_own_rows_in_the_new_subspace():
+    from messi.clustering import _refit
+
+    d = 5
+    X = torch.cat([_e(d, 0).repeat(10, 1) * 5, torch.randn(9, d, dtype=torch.float64, generator=torch.Generator().manual_seed(1)),
+                   _e(d, 3)[None]])
+    labels = torch.cat([torch.zeros(19, dtype=torch.long), torch.ones(1, dtype=torch.long)])  # 1 row < j = 2
+    resid = torch.cat([torch.full((10,), 30.0), torch.zeros(10)]).double()
+    bases, _ = _refit(X, labels, resid, 2, 2, None)
+    assert _spans(bases[1], _e(d, 0)) and _spans(bases[1], _e(d, 3))  # the worst rows and its own row
+
+
+# --- spherical k-means -----------------------------------------------------------------------
+
+def test_spherical_kmeans_seeds_by_direction_not_by_length():
+    from messi.clustering import _spherical_kmeans
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.cat([_e(4, 0) * (1 + torch.rand(1000, 1, generator=g, dtype=torch.float64)), _e(4, 1).repeat(2, 1)])
+    for seed in range(5):
+        labels = _spherical_kmeans(X, 2, torch.Generator().manual_seed(seed))
+        assert labels[1000] == labels[1001] != labels[0], seed  # two rows are a direction too
+        assert bool((labels[:1000] == labels[0]).all()), seed
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_spherical_kmeans_ends_at_a_fixed_point_of_its_weighted_means(weighted):
+    from messi.clustering import _spherical_kmeans
+
+    g = torch.Generator().manual_seed(3)
+    angle = 2 * torch.pi * torch.rand(300, generator=g, dtype=torch.float64)
+    X = torch.stack([angle.cos(), angle.sin(), 0.3 * torch.randn(300, generator=g, dtype=torch.float64)], 1)
+    X = X * (0.5 + torch.rand(300, 1, generator=g, dtype=torch.float64))
+    w = 10 * torch.rand(300, generator=g, dtype=torch.float64) ** 3 if weighted else torch.ones(300, dtype=torch.float64)
+    labels = _spherical_kmeans(X, 4, torch.Generator().manual_seed(0), n_iter=500, weights=w if weighted else None)
+    D = X / X.norm(dim=1, keepdim=True)
+    centres = torch.stack([(D[labels == i] * w[labels == i, None]).sum(0) for i in range(4)])
+    centres = centres / centres.norm(dim=1, keepdim=True)
+    assert torch.equal((D @ centres.T).argmax(1), labels)
+
+
+# --- what fit hands to the seeding, and how runs end -----------------------------------------
+
+def test_fit_seeds_with_the_weights_unless_they_are_all_equal(monkeypatch):
+    import inspect
+
+    import messi.clustering as C
+
+    real, seen = C._seed, []
+
+    def spy(*args, **kwargs):
+        seen.append(inspect.signature(real).bind(*args, **kwargs).arguments.get("weights"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(C, "_seed", spy)
+    X, _ = planted(n_per=20, k=2, j=1, d=4, seed=2)
+    w = torch.linspace(0.5, 2.0, 40, dtype=torch.float64)
+    ProjectiveClustering(2, 1, n_init=1, max_iter=2).fit(X, sample_weight=w)
+    ProjectiveClustering(2, 1, n_init=1, max_iter=2).fit(X, sample_weight=torch.full((40,), 3.0))
+    ProjectiveClustering(2, 1, n_init=1, max_iter=2).fit(X)
+    assert torch.equal(seen[0], w) and seen[1] is None and seen[2] is None
+    one = ProjectiveClustering(1, 1, n_init=1).fit(torch.tensor([[1.0, 2.0]]), sample_weight=[3.0])
+    assert one.labels_.tolist() == [0] and one.cost_ == pytest.approx(0.0, abs=1e-9)
+
+
+def test_bases_are_optimal_for_the_returned_labels_when_max_iter_cuts_the_run():
+    X, _ = planted(n_per=60, k=3, j=2, d=6, noise=0.3, seed=4)
+    m = ProjectiveClustering(3, 2, n_init=1, max_iter=1, init="random", seed=0).fit(X)
+    assert isinstance(m.n_iter_, int) and 1 <= m.n_iter_ <= 2
+    for i in range(3):
+        best = torch.linalg.svd(X[m.labels_ == i], full_matrices=False).Vh[:2]
+        assert torch.allclose(m.bases_[i].T @ m.bases_[i], best.T @ best, atol=1e-9)
+    assert m.cost_ == pytest.approx(recomputed_cost(X, m.bases_, m.labels_), rel=1e-9)
+
+
+def test_delta_changes_huber_only():
+    X, _ = planted(n_per=60, k=2, j=2, d=6, noise=0.05, seed=6)
+    X = torch.cat([X, 20 * torch.randn(6, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)])
+    a = ProjectiveClustering(2, 2, n_init=1, max_iter=15, loss="l1", seed=0).fit(X)
+    b = ProjectiveClustering(2, 2, n_init=1, max_iter=15, loss="l1", delta=1e6, seed=0).fit(X)
+    assert torch.equal(a.bases_, b.bases_) and a.cost_ == b.cost_
+
+
+def test_with_tol_1_a_robust_run_stops_at_its_first_comparison():
+    X, _ = planted(n_per=80, k=3, j=2, d=8, noise=0.1, seed=5)
+    m = ProjectiveClustering(3, 2, n_init=1, max_iter=50, loss="huber", delta=0.1, tol=1.0, init="random").fit(X)
+    assert len(m.cost_history_) == 2  # any improvement is at most 100%: done after two steps
+
+
+def test_with_tol_0_a_robust_run_stops_when_its_cost_stops_moving():
+    X, _ = planted(n_per=80, k=3, j=2, d=8, noise=0.01, seed=1)
+    # delta above every distance: Huber weighs every row 1, so the run reaches an exact fixed point
+    h = ProjectiveClustering(3, 2, n_init=1, max_iter=60, loss="huber", delta=10.0, tol=0.0).fit(X).cost_history_
+    assert len(h) < 60 and h[-2] == h[-1]
