@@ -66,11 +66,20 @@ def matrices(quick: bool, which: str = "default"):
         yield "minilm[:5000] (real)", A[:5000]
         return
     yield "all-MiniLM-L6-v2 30522x384 (real)", A
-    # RoBERTa's shape: Gaussian rows with a power-law spectrum like real embeddings (s_i ~ i^-0.5)
-    g = torch.Generator().manual_seed(0)
-    spectrum = torch.arange(1, 769, dtype=torch.float32) ** -0.5
-    Q = torch.linalg.qr(torch.randn(768, 768, generator=g))[0]
-    yield "synthetic 50265x768 (RoBERTa shape)", (torch.randn(50265, 768, generator=g) * spectrum) @ Q
+    yield "synthetic 50265x768 (RoBERTa shape)", power_law_table(50265, 768)
+
+
+def power_law_table(n: int, d: int, seed: int = 0) -> torch.Tensor:
+    """A synthetic embedding table (n, d), float32: Gaussian rows with a power-law spectrum like
+    real embeddings (singular values ~ i^-0.5) in a random rotation; built in row blocks so that
+    no temporary is larger than a block."""
+    g = torch.Generator().manual_seed(seed)
+    spectrum = torch.arange(1, d + 1, dtype=torch.float32) ** -0.5
+    Q = torch.linalg.qr(torch.randn(d, d, generator=g))[0]
+    out = torch.empty(n, d)
+    for s in range(0, n, 65536):
+        out[s : s + 65536] = (torch.randn(min(65536, n - s), d, generator=g) * spectrum) @ Q
+    return out
 
 
 def main() -> None:

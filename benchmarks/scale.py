@@ -1,0 +1,98 @@
+"""Large vocabularies: the default `messi compress` fit (MESSI, k=3, -40%, 4 restarts, up to
+50 steps, tol 1e-4) on tables of today's large-vocabulary shapes, with seconds, EM steps,
+seconds per step, peak resident memory and the error against SVD at the same size.
+
+Shapes: 151,936 x 896 (Qwen2.5-0.5B's embedding) and 262,144 x 640 (Gemma 3 270M's). No such
+model ships offline here, so the tables are synthetic and documented: Gaussian rows with a
+power-law spectrum (singular values ~ i^-0.5) in a random rotation, seed 0
+(em_speed.power_law_table). Each shape runs in its own fresh process, so that its peak RSS is
+its own.
+
+    python benchmarks/scale.py                    # both shapes, about 5 minutes on 2 cores
+    python benchmarks/scale.py --shapes 20000x256 # any shapes, to try the script
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+import messi.clustering
+from messi import rank_for_ratio
+from messi.factorize import messi_factorize, relative_error, svd_factorize
+from messi.io import write_json
+
+from em_speed import power_law_table
+
+RESULTS = Path(__file__).parent / "results"
+SHAPES = ("151936x896", "262144x640")
+
+
+def count_em_steps():
+    """Wrap the assignment, called once per EM step, with a counter; returns the counter."""
+    calls = [0]
+    assign = messi.clustering.assign
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return assign(*args, **kwargs)
+
+    messi.clustering.assign = counted
+    return calls
+
+
+def worker(shape: str) -> dict:
+    """Fit one table with the compress defaults in this process; what it cost, as a dict."""
+    n, d = (int(x) for x in shape.split("x"))
+    A = power_law_table(n, d)
+    j = rank_for_ratio(n, d, 3, 0.4)
+    steps = count_em_steps()
+    start = time.perf_counter()
+    factors = messi_factorize(A, 3, j, seed=0, n_init=4, max_iter=50, tol=1e-4)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    err = relative_error(A, factors.reconstruct())
+    svd_j = rank_for_ratio(n, d, 1, 0.4)
+    svd_err = relative_error(A, svd_factorize(A, svd_j).reconstruct())
+    return {"shape": shape, "k": 3, "rank": j, "seconds": seconds, "em_steps": steps[0],
+            "seconds_per_step": seconds / steps[0], "peak_rss_bytes": peak,
+            "table_bytes": A.numel() * A.element_size(), "rel_error": err, "svd_rank": svd_j,
+            "svd_rel_error": svd_err, "threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated NxD shapes")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker)))
+        return
+    rows = []
+    for shape in args.shapes.split(","):
+        out = subprocess.run([sys.executable, __file__, "--worker", shape], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SystemExit(f"{shape}: the worker failed:\n{out.stderr[-2000:]}")
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    table = Table(title=f"Default MESSI fit (k=3, -40%) on large synthetic tables, {rows[0]['threads']} CPU threads")
+    for col in ("table", "j", "fit s", "EM steps", "s/step", "table MB", "peak RSS MB", "MESSI/SVD error"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["shape"], str(r["rank"]), f"{r['seconds']:.1f}", str(r["em_steps"]),
+                      f"{r['seconds_per_step']:.2f}", f"{r['table_bytes'] / 2**20:.0f}",
+                      f"{r['peak_rss_bytes'] / 2**20:.0f}", f"{r['rel_error'] / r['svd_rel_error']:.3f}")
+    Console().print(table)
+    write_json(RESULTS / "scale.json", rows)
+
+
+if __name__ == "__main__":
+    main()
