@@ -3,6 +3,7 @@ SVD per layer, activation-aware fits lowering the output error, exact save/load 
 BERT, DistilBERT and RoBERTa shapes, and the CLI on the real shipped model with real GLUE text."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -238,3 +239,224 @@ def test_cli_whole_model_on_the_real_model_with_real_glue_text(tmp_path, minilm_
     assert sts.returncode == 0, sts.stderr[-2000:]
     # half the model's weights gone, zero-shot STS-B dev (uncompressed: 86.72) stays usable
     assert json.loads(sts.stdout)["spearman"] > 80
+
+
+# --- sensitivities, spectra and shared moments against independent computations ------------
+
+def _probe_by_hand(model, name, weights=None, moments=None):
+    """The sensitivity of one matrix, recomputed with torch.linalg on ``model`` (untouched): the
+    smallest SVD (weighted rows, or whitened by the input moments) with at most 10% of its own
+    error, or else the largest one that still saves parameters; the model's relative output
+    change with it swapped in, per unit of that error."""
+    from messi.calibration import model_outputs
+    from messi.factorize import whitening
+
+    param = model.get_submodule(name).weight
+    W = param.detach().double()
+    S, S_inv = (None, None) if moments is None else whitening(moments)
+    X = W if moments is None else W @ S
+    X = X if weights is None else X * weights.double().sqrt()[:, None]
+    _, s, Vh = torch.linalg.svd(X, full_matrices=False)
+    tail = 1 - (s ** 2).cumsum(0) / (s ** 2).sum()
+    rows, cols = W.shape
+    j = min(int((tail <= 0.1).nonzero()[0]) + 1, min(rows, cols) - 1, (rows * cols - 1) // (rows + cols))
+    if moments is None:
+        approx = W @ Vh[:j].T @ Vh[:j]  # every row projected on the (weighted) top subspace
+        w = torch.ones(W.shape[0], dtype=torch.float64) if weights is None else weights.double()
+        own = float((w[:, None] * (W - approx) ** 2).sum() / (w[:, None] * W ** 2).sum())
+    else:
+        approx = (W @ S) @ Vh[:j].T @ Vh[:j] @ S_inv
+        C = moments.double()
+        own = float(torch.trace((W - approx) @ C @ (W - approx).T) / torch.trace(W @ C @ W.T))
+    reference = model_outputs(model, batches())
+    saved = param.data
+    param.data = approx.float()
+    try:
+        changed = model_outputs(model, batches())
+    finally:
+        param.data = saved
+    effect = float(((changed - reference).double() ** 2).sum() / (reference.double() ** 2).sum())
+    return effect / own
+
+
+def test_sensitivities_equal_probes_measured_by_hand():
+    w = torch.rand(300, generator=torch.Generator().manual_seed(0), dtype=torch.float64) ** 2
+    model = tiny("bert")
+    messi.compress(model, method="svd", ratio=0.4, target="all", inputs=batches(), row_weights=w,
+                   activation_aware=False)
+    sens = model.messi_config["sensitivities"]
+    fresh = tiny("bert")
+    assert sens["<input embedding>"] == pytest.approx(_probe_by_hand(fresh, "embeddings.word_embeddings", weights=w), rel=1e-3)
+    for name in ("encoder.layer.0.attention.self.query", "encoder.layer.1.output.dense"):
+        assert sens[name] == pytest.approx(_probe_by_hand(fresh, name), rel=1e-3), name
+
+
+def test_activation_aware_sensitivities_probe_the_whitened_matrix():
+    from messi.calibration import input_moments
+
+    model = tiny("bert")
+    messi.compress(model, method="svd", ratio=0.4, target="linear", inputs=batches())
+    fresh = tiny("bert")
+    name = "encoder.layer.0.intermediate.dense"
+    C = input_moments(fresh, batches(), [name])[name]
+    got = model.messi_config["sensitivities"][name]
+    assert got == pytest.approx(_probe_by_hand(fresh, name, moments=C), rel=1e-3)
+
+
+def test_the_spectrum_is_the_one_the_fit_sees():
+    from messi.compress import _spectrum
+    from messi.factorize import whitening
+
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(12, 8, generator=g)
+    X = torch.randn(50, 8, generator=g) * torch.linspace(0.1, 2, 8)
+    C, w = (X.T @ X / 50).double(), torch.rand(12, generator=g).double()
+    assert torch.allclose(_spectrum(W), torch.linalg.svdvals(W.double()) ** 2)
+    assert torch.allclose(_spectrum(W, weights=w), torch.linalg.svdvals(W.double() * w.sqrt()[:, None]) ** 2)
+    assert torch.allclose(_spectrum(W, moments=C), torch.linalg.svdvals(W.double() @ whitening(C)[0]) ** 2)
+
+
+def test_moments_are_collected_once_for_layers_that_share_an_input(monkeypatch):
+    """q, k and v read the same input: the pass that collects one's moments serves the three,
+    but never a layer already fitted or one whose input differs."""
+    compress_module = sys.modules["messi.compress"]
+    asked = []
+    monkeypatch.setattr(compress_module, "input_moments", lambda model, inputs, names: asked.append(list(names)) or {})
+    C, D = torch.eye(3, dtype=torch.float64), 2 * torch.eye(3, dtype=torch.float64)
+    original = {"q": C, "k": C, "v": C, "o": D, "up": torch.eye(4, dtype=torch.float64), "x": None}
+    compress_module._moments_now(None, [], "k", original, fitted={"q"})
+    compress_module._moments_now(None, [], "o", original, fitted=set())
+    assert asked == [["k", "v"], ["o"]]
+
+
+def test_a_half_precision_model_is_probed_and_compressed_in_its_dtype():
+    model = tiny("bert").to(torch.bfloat16)
+    messi.compress(model, method="svd", ratio=0.4, target="all", inputs=batches())
+    assert all(v > 0 for v in model.messi_config["sensitivities"].values())
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+def _targeted_params(model, entries) -> int:
+    """Parameters held now by the targeted Linear layers (dense or factored), counted on the modules."""
+    return sum(sum(p.numel() for n, p in model.get_submodule(e["name"]).named_parameters() if n != "bias")
+               for e in entries)
+
+
+@pytest.mark.parametrize("allocation, inputs", [("global", True), ("uniform", True), ("global", False)])
+def test_the_whole_model_record(allocation, inputs):
+    model = tiny("bert")
+    dense = {n: m.weight.numel() for n, m in linear_targets(model).items()}
+    messi.compress(model, method="messi", k=2, ratio=0.4, target="linear", allocation=allocation,
+                   inputs=batches() if inputs else None, n_init=1, max_iter=5)
+    info = model.messi_config
+    assert (info["target"], info["method"], info["k"], info["ratio"], info["allocation"]) == \
+        ("linear", "messi", 2, 0.4, allocation)
+    assert info["activation_aware"] is inputs and "embedding" not in info
+    assert (info["sensitivities"] is None) is not (inputs and allocation == "global")
+    after = _targeted_params(model, info["linear_layers"])
+    assert info["targeted_params_before"] == sum(dense.values()) and info["targeted_params_after"] == after
+    assert info["compression"] == pytest.approx(1 - after / sum(dense.values()))
+    assert [e["name"] for e in info["linear_layers"]] == list(dense)
+
+
+@pytest.mark.parametrize("method", ["svd", "messi"])
+def test_uniform_and_shared_rank_spend_the_budget_their_way(method):
+    """uniform: every layer the largest j that still removes >= ratio of it; shared-rank: one j for
+    all (every layer here has min(rows, cols) = 32), the largest whose total fits the budget."""
+    def size(rows, cols, j):  # rows in k subspaces of dimension j (k = 1: SVD)
+        return rows * j + (1 if method == "svd" else 2) * j * cols
+
+    model = tiny("bert")
+    messi.compress(model, method=method, k=2, ratio=0.4, target="linear", allocation="uniform", n_init=1, max_iter=5)
+    for e in model.messi_config["linear_layers"]:
+        rows, cols, j = e["out_features"], e["in_features"], e["rank"]
+        assert e["params_after"] == size(rows, cols, j) and e["method"] == ("svd" if method == "svd" else "messi")
+        assert size(rows, cols, j) <= 0.6 * rows * cols < size(rows, cols, j + 1), e["name"]
+    model = tiny("bert")
+    messi.compress(model, method=method, k=2, ratio=0.4, target="linear", allocation="shared-rank", n_init=1, max_iter=5)
+    entries = model.messi_config["linear_layers"]
+    j = entries[0]["rank"]
+    dense = sum(e["params_before"] for e in entries)
+    assert all(e["rank"] == j for e in entries)
+    assert sum(size(e["out_features"], e["in_features"], j) for e in entries) <= 0.6 * dense
+    assert sum(size(e["out_features"], e["in_features"], j + 1) for e in entries) > 0.6 * dense
+
+
+def test_global_allocation_is_not_uniform_and_svd_stays_svd():
+    ranks = {}
+    for allocation in ("global", "uniform"):
+        model = tiny("bert")
+        messi.compress(model, method="svd", ratio=0.4, target="linear", allocation=allocation, inputs=batches())
+        entries = model.messi_config["linear_layers"]
+        assert all(e["method"] in ("svd", "dense") and e["k"] in (0, 1) for e in entries)
+        ranks[allocation] = [e["rank"] for e in entries]
+    assert ranks["global"] != ranks["uniform"]
+
+
+def tiny_wide_vocab():
+    """A small BERT whose embedding (3000 x 32) holds most of the targeted parameters."""
+    config = transformers.BertConfig(vocab_size=3000, hidden_size=32, num_attention_heads=2, intermediate_size=64,
+                                     num_hidden_layers=2)
+    torch.manual_seed(0)
+    return transformers.BertModel(config).eval()
+
+
+def test_target_all_fits_a_dominant_embedding_first_and_counts_it(monkeypatch):
+    compress_module = sys.modules["messi.compress"]
+    order = []
+    for fn in ("_fit_embedding_target", "_fit_linear_target"):
+        real = getattr(compress_module, fn)
+        monkeypatch.setattr(compress_module, fn, lambda *a, _real=real, _fn=fn, **kw: order.append(_fn) or _real(*a, **kw))
+    model = tiny_wide_vocab()
+    w = torch.rand(3000, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    dense = sum(m.weight.numel() for m in linear_targets(model).values()) + 3000 * 32
+    messi.compress(model, method="messi", k=2, ratio=0.4, target="all", inputs=batches(), row_weights=w,
+                   n_init=1, max_iter=5)
+    info, layer = model.messi_config, model.get_input_embeddings()
+    assert order[0] == "_fit_embedding_target" and order.count("_fit_embedding_target") == 1
+    emb = info["embedding"]
+    assert emb["rank"] == layer.rank and emb["k"] == getattr(layer, "n_clusters", 1)
+    assert emb["embedding_params_after"] == sum(p.numel() for p in layer.parameters()) < 3000 * 32
+    assert "weighted_rel_error" in emb  # the row weights reached the embedding's fit
+    after = _targeted_params(model, info["linear_layers"]) + emb["embedding_params_after"]
+    assert (info["targeted_params_before"], info["targeted_params_after"]) == (dense, after)
+    assert info["compression"] == pytest.approx(1 - after / dense) and info["compression"] >= 0.4
+
+
+def test_target_all_counts_an_embedding_it_keeps_dense():
+    model = tiny("bert")  # 300 x 32 embedding: the allocator keeps it dense at -20%
+    messi.compress(model, method="svd", ratio=0.2, target="all", inputs=batches())
+    info = model.messi_config
+    if "embedding" in info:
+        pytest.fail("the embedding was compressed; pick a setting where it stays dense")
+    after = _targeted_params(model, info["linear_layers"]) + 300 * 32
+    assert info["targeted_params_after"] == after
+    assert info["compression"] == pytest.approx(1 - after / info["targeted_params_before"])
+
+
+def test_each_layer_is_fitted_to_its_inputs_in_the_model_as_compressed_so_far(monkeypatch):
+    from messi.calibration import input_moments
+
+    compress_module = sys.modules["messi.compress"]
+    real, checked = compress_module._fit_linear_target, []
+
+    def spy(model, name, lin, rank, method, k, search, moments, settings):
+        if rank is not None:
+            want = input_moments(model, batches(), [name])[name]
+            assert torch.allclose(moments, want, rtol=1e-6, atol=1e-9), name
+            checked.append(name)
+        return real(model, name, lin, rank, method, k, search, moments, settings)
+
+    monkeypatch.setattr(compress_module, "_fit_linear_target", spy)
+    messi.compress(tiny("bert"), method="svd", ratio=0.5, target="linear", inputs=batches())
+    assert len(checked) >= 10
+
+
+def test_whole_model_progress_bars(capsys):
+    kw = dict(method="messi", k=2, ratio=0.4, target="linear", inputs=batches(), n_init=1, max_iter=3)
+    messi.compress(tiny("bert"), verbose=True, **kw)
+    err = capsys.readouterr().err.replace("\r", "\n")
+    assert re.search(r"(?m)^measuring sensitivities: 100%", err) and re.search(r"(?m)^fitting layers: 100%", err)
+    assert "projective clustering" not in err  # one bar for all the layers, not one per fit
+    messi.compress(tiny("bert"), verbose=False, **kw)
+    assert capsys.readouterr().err == ""
