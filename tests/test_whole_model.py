@@ -460,3 +460,133 @@ def test_whole_model_progress_bars(capsys):
     assert "projective clustering" not in err  # one bar for all the layers, not one per fit
     messi.compress(tiny("bert"), verbose=False, **kw)
     assert capsys.readouterr().err == ""
+
+
+# --- one matrix: the search of _best_fit and what _fit_linear_target installs ----------------
+
+SETTINGS = dict(seed=0, n_init=2, max_iter=20, tol=1e-4, loss="l2", verbose=False)
+
+
+def _lines(n_lines, rows=40, cols=8, seed=0):
+    """``rows`` rows on ``n_lines`` random lines through the origin of R^cols."""
+    g = torch.Generator().manual_seed(seed)
+    directions = torch.randn(n_lines, cols, generator=g)
+    return torch.cat([torch.randn(rows // n_lines, 1, generator=g) * directions[i] for i in range(n_lines)])
+
+
+def test_best_fit_search_finds_the_k_and_rank_that_fit_exactly_at_the_svd_size():
+    from messi.allocate import messi_params
+
+    M = _lines(3)  # rank 3; three 1-dim subspaces fit it exactly
+    best = _best_fit(M, 2, "messi", 3, True, ("rows",), None, None, SETTINGS)
+    assert (best[1], best[2], best[3]) == (3, 1, "rows") and best[4] < 1e-10
+    assert messi_params(40, 8, 3, 1) <= messi_params(40, 8, 1, 2)
+    # asked for at most k = 2, it never tries 3 subspaces, and does better than SVD with two
+    two = _best_fit(M, 2, "messi", 2, True, ("rows",), None, None, SETTINGS)
+    svd = _best_fit(M, 2, "svd", 1, False, ("rows",), None, None, SETTINGS)
+    assert two[1] <= 2 and two[4] <= svd[4]
+
+
+def test_best_fit_search_tries_two_subspaces():
+    g = torch.Generator().manual_seed(1)
+    planes = [torch.linalg.qr(torch.randn(30, 2, generator=g))[0].T for _ in range(2)]
+    M = torch.cat([torch.randn(30, 2, generator=g) @ P for P in planes])  # 60 rows on two planes of R^30
+    # at the size of a rank-3 SVD (270 numbers): k = 2 has rank 2 (240), k = 3 only rank 1 (150)
+    best = _best_fit(M, 3, "messi", 3, True, ("rows",), None, None, SETTINGS)
+    svd = _best_fit(M, 3, "svd", 1, False, ("rows",), None, None, SETTINGS)
+    assert (best[1], best[2]) == (2, 2) and best[4] < svd[4]
+
+
+def test_best_fit_paths_equal_the_fits_they_name():
+    from messi.factorize import factorize, messi_factorize, relative_error, whitening
+
+    g = torch.Generator().manual_seed(2)
+    M = torch.randn(30, 12, generator=g)
+    X = torch.randn(100, 12, generator=g) * torch.linspace(0.1, 3, 12)
+    C, w = (X.T @ X / 100).double(), torch.rand(30, generator=g, dtype=torch.float64)
+    # svd, whitened by the input moments: the truncated SVD of W S mapped back by S^-1
+    f, kk, j, orientation, err = _best_fit(M, 4, "svd", 3, True, ("rows",), C, None, SETTINGS)
+    S, S_inv = whitening(C)
+    U, s, Vh = torch.linalg.svd(M.double() @ S)
+    by_hand = (U[:, :4] * s[:4]) @ Vh[:4] @ S_inv
+    assert (kk, j, orientation) == (1, 4, "rows")
+    assert torch.allclose(f.reconstruct().double(), by_hand, atol=1e-4)
+    assert err == pytest.approx(output_error(M, by_hand, C), rel=1e-4)
+    # messi without search: k subspaces of the rows at the given rank, weighted rows, these settings
+    f, kk, j, orientation, err = _best_fit(M, 4, "messi", 3, False, ("rows",), None, w, SETTINGS)
+    want = messi_factorize(M, 3, 4, sample_weight=w, **SETTINGS).reconstruct()
+    assert (kk, j, orientation) == (3, 4, "rows") and torch.equal(f.reconstruct(), want)
+    assert err == pytest.approx(relative_error(M, want, w), rel=1e-9)
+    # columns: the input features' vectors, each weighted by its input energy
+    cols = _lines(2, rows=24, cols=10, seed=3).T  # (10, 24): the columns lie on two lines
+    Cc = torch.diag(torch.linspace(0.5, 2.0, 24)).double()
+    f, kk, j, orientation, err = _best_fit(cols, 2, "messi", 2, True, ("columns",), Cc, None, SETTINGS)
+    assert orientation == "columns" and kk == 2
+    want = factorize(cols.T, "messi", 2, j, Cc.diagonal().float(), **SETTINGS).reconstruct().T
+    assert torch.equal(f.reconstruct().T, want)
+    assert err == pytest.approx(output_error(cols, want, Cc), abs=1e-9)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("method, k", [("svd", 1), ("messi", 2)])
+def test_fit_linear_target_installs_what_it_records(bias, method, k):
+    from messi.compress import _fit_linear_target
+    from messi.factorize import relative_error
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 24, bias=bias)).eval()
+    W = model[0].weight.detach().clone()
+    b = model[0].bias.detach().clone() if bias else None
+    entry = _fit_linear_target(model, "0", model[0], 4, method, k, False, None, SETTINGS)
+    new = model[0]
+    assert type(new) is (FactorizedLinear if method == "svd" else ProjectiveLinear)
+    with torch.no_grad():
+        rebuilt = (new(torch.eye(16)) - (0 if b is None else b)).T  # (24, 16), what the layer computes
+    assert (new.bias is None) if b is None else torch.equal(new.bias, b)
+    assert {k_: entry[k_] for k_ in ("name", "in_features", "out_features", "bias", "params_before", "k", "rank")} == \
+        {"name": "0", "in_features": 16, "out_features": 24, "bias": bias, "params_before": 384, "k": k, "rank": 4}
+    assert entry["method"] == method and entry["orientation"] == "rows"
+    assert entry["params_after"] == 24 * 4 + k * 4 * 16
+    assert entry["rel_error"] == pytest.approx(relative_error(W, rebuilt), rel=1e-4)
+    if method == "svd":
+        U, s, Vh = torch.linalg.svd(W.double())
+        assert torch.allclose(rebuilt.double(), (U[:, :4] * s[:4]) @ Vh[:4], atol=1e-5)
+
+
+def test_a_layer_kept_dense_is_recorded_as_dense_and_left_alone():
+    from messi.compress import _fit_linear_target
+
+    model = nn.Sequential(nn.Linear(16, 24))
+    lin = model[0]
+    entry = _fit_linear_target(model, "0", lin, None, "messi", 3, True, None, SETTINGS)
+    assert model[0] is lin
+    assert entry == {"name": "0", "in_features": 16, "out_features": 24, "bias": True, "params_before": 384,
+                     "method": "dense", "k": 0, "rank": 0, "orientation": "rows", "params_after": 384,
+                     "rel_error": 0.0}
+
+
+def test_each_layer_is_searched_in_the_orientations_that_can_pay(monkeypatch):
+    """k bases of the longer side cost k times more: rows for tall W (out > in), columns for wide
+    W (in > out), both for square; the method and the layer's moments are passed on."""
+    compress_module = sys.modules["messi.compress"]
+    real, seen = compress_module._best_fit, {}
+
+    def spy(M, rank, method, k, search, orientations, moments, weights, settings):
+        seen[tuple(M.shape)] = (orientations, method, moments is not None)
+        return real(M, rank, method, k, search, orientations, moments, weights, settings)
+
+    monkeypatch.setattr(compress_module, "_best_fit", spy)
+    messi.compress(tiny("bert"), method="messi", k=2, ratio=0.4, target="linear", inputs=batches(), n_init=1,
+                   max_iter=3, allocation="uniform")  # uniform: every layer is fitted
+    assert seen == {(32, 32): (("rows", "columns"), "messi", True), (64, 32): (("rows",), "messi", True),
+                    (32, 64): (("columns",), "messi", True)}
+
+
+def test_the_embedding_keeps_its_padding_row_exactly_under_target_all():
+    model = tiny_wide_vocab()
+    pad = model.config.pad_token_id
+    row = model.get_input_embeddings().weight[pad].detach().clone()
+    messi.compress(model, method="messi", k=2, ratio=0.4, target="all", inputs=batches(), n_init=1, max_iter=3)
+    assert "embedding" in model.messi_config
+    with torch.no_grad():
+        assert torch.equal(model.get_input_embeddings()(torch.tensor([pad]))[0], row)
