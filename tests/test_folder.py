@@ -152,3 +152,54 @@ def test_tied_head_round_trip(tmp_path):
     ids = torch.tensor([[1, 5, 7, 2]])
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, again(input_ids=ids).logits)
+
+
+def test_save_refuses_a_model_that_was_not_compressed(tmp_path):
+    with pytest.raises(MessiError, match="not compressed with messi.compress"):
+        messi.save(tiny_model(), tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
+def test_overwrite_replaces_the_folder_with_the_new_model(tmp_path):
+    first = messi.save(messi.compress(tiny_model(), method="svd", ratio=0.4), tmp_path / "m")
+    second = messi.compress(tiny_model(), method="messi", ratio=0.4, k=2, n_init=1, max_iter=3)
+    messi.save(second, first, overwrite=True)
+    assert messi.read_info(first)["method"] == "messi"
+    assert type(messi.load(first).get_input_embeddings()).__name__ == "ProjectiveEmbedding"
+
+
+def test_weights_carry_the_pt_format_tag_and_load_pretrained_reads_messi_folders(folder):
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        assert f.metadata()["format"] == "pt"  # what transformers' safetensors loading expects
+    model = messi.load_pretrained(folder)
+    assert model.messi_config["method"] == "messi" and not model.training
+
+
+def test_a_sentence_transformers_source_keeps_its_modules(tmp_path, minilm_dir):
+    out = messi.save(messi.compress(tiny_model(), method="svd", ratio=0.4), tmp_path / "m", source=minilm_dir)
+    assert (out / "modules.json").read_text() == (minilm_dir / "modules.json").read_text()
+    pooling = json.loads((minilm_dir / "modules.json").read_text())[1]["path"]
+    assert (out / pooling / "config.json").read_text() == (minilm_dir / pooling / "config.json").read_text()
+
+
+@pytest.mark.parametrize("method, weighted", [("messi", True), ("svd", False)])
+def test_the_embedding_record_counts_what_the_layer_holds(method, weighted):
+    model = tiny_model()
+    A = model.get_input_embeddings().weight.detach().clone()
+    w = torch.rand(60, generator=torch.Generator().manual_seed(0), dtype=torch.float64) if weighted else None
+    messi.compress(model, method=method, ratio=0.4, k=2, n_init=1, max_iter=3, row_weights=w)
+    info, layer = model.messi_config, model.get_input_embeddings()
+    held = sum(p.numel() for p in layer.parameters())
+    with torch.no_grad():
+        W = layer.weight.double()
+    err = ((A.double() - W) ** 2).sum(1)
+    assert (info["embedding_params_before"], info["embedding_params_after"]) == (60 * 16, held)
+    assert info["compression"] == pytest.approx(1 - held / (60 * 16))
+    assert info["label_bytes"] == (60 if method == "messi" else 0)  # one int8 cluster id per row
+    assert info["rel_error"] == pytest.approx(float(err.sum() / (A.double() ** 2).sum()), rel=1e-6)
+    if weighted:
+        assert info["weighted_rel_error"] == pytest.approx(float((w * err).sum() / (w * (A.double() ** 2).sum(1)).sum()), rel=1e-6)
+    else:
+        assert "weighted_rel_error" not in info
