@@ -54,37 +54,48 @@ export MESSI_GLUE_DIR="${MESSI_GLUE_DIR:-$(cd "$ROOT/../shared/data/glue" && pwd
 # in a copied OpenMP pool (and two mutants run at once anyway)
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 MESSI_TEST_THREADS=1
 quote() { printf '"%s", ' "$@" | sed 's/, $//'; }
+# config FILE SOURCE TESTS...: the project's pyproject.toml with mutmut's settings for one module
+config() {
+  local file="$1" src="$2"; shift 2
+  cp "$ROOT/pyproject.toml" "$file"
+  {
+    echo
+    echo "[tool.mutmut]"
+    echo "source_paths = [\"src/messi\"]"
+    echo "only_mutate = [\"$src\"]"
+    echo "pytest_add_cli_args_test_selection = [$(quote "$@")]"
+    # tests marked slow (the command line on the real model in a subprocess, minutes each) are
+    # left out: a surviving mutant runs every test that covers it
+    echo "pytest_add_cli_args = [\"-x\", \"-q\", \"-p\", \"no:cacheprovider\", \"-m\", \"not slow\"]"
+    # the wording of error messages is not mutated (tests match the words that name the
+    # problem, which an "XX" around them cannot break); the conditions that raise them are
+    echo "do_not_mutate_patterns = [\"^\\\\s*raise MessiError\\\\(\"]"
+  } >> "$file"
+}
 
 for m in "${modules[@]}"; do
   src="${GUARD[$m]%%|*}"
   read -r -a tests <<< "${GUARD[$m]#*|}"
   dir="$WORK/$m"
+  module="$(echo "${src#src/}" | sed 's/\.py$//; s#/#.#g')"  # src/messi/glue/report.py -> messi.glue.report
   echo "== $m: mutating $src, guarded by ${tests[*]}"
   if [ "$survivors" = 1 ]; then
-    # rerun only what survived, against the current tests; the mutated source stays as it was
-    [ -f "$dir/results.txt" ] || { echo "error: $m has not been run yet" >&2; exit 2; }
+    # rerun what is not killed (survived, without tests, or not reached by an interrupted run)
+    # against the current tests; the mutated source stays as it was
+    [ -f "$dir/results.txt" ] || (cd "$dir" && "$MUTMUT" results --all true | grep -F "$module.") > "$dir/results.txt" || true
+    [ -s "$dir/results.txt" ] || { echo "error: $m has not been run yet" >&2; exit 2; }
     rm -rf "$dir/tests" "$dir/mutants/tests"
     cp -r "$ROOT/tests" "$dir/tests" && cp -r "$ROOT/tests" "$dir/mutants/tests"
+    config "$dir/pyproject.toml" "$src" "${tests[@]}" && cp "$dir/pyproject.toml" "$dir/mutants/pyproject.toml"
     cp "$dir/results.txt" "$dir/results.before.txt"
-    mapfile -t names < <(grep -E ": (survived|no tests)$" "$dir/results.txt" | sed -E 's/^ *//; s/: .*//')
+    mapfile -t names < <(grep -E ": (survived|no tests|not checked)$" "$dir/results.txt" | sed -E 's/^ *//; s/: .*//')
     if [ ${#names[@]} -gt 0 ]; then (cd "$dir" && "$MUTMUT" run "${names[@]}") || true; fi
   else
     rm -rf "$dir" && mkdir -p "$dir"
-    cp -r "$ROOT/src" "$ROOT/tests" "$ROOT/pyproject.toml" "$dir/"
-    {
-      echo
-      echo "[tool.mutmut]"
-      echo "source_paths = [\"src/messi\"]"
-      echo "only_mutate = [\"$src\"]"
-      echo "pytest_add_cli_args_test_selection = [$(quote "${tests[@]}")]"
-      echo "pytest_add_cli_args = [\"-x\", \"-q\", \"-p\", \"no:cacheprovider\"]"
-      # the wording of error messages is not mutated (tests match the words that name the
-      # problem, which an "XX" around them cannot break); the conditions that raise them are
-      echo "do_not_mutate_patterns = [\"^\\\\s*raise MessiError\\\\(\"]"
-    } >> "$dir/pyproject.toml"
+    cp -r "$ROOT/src" "$ROOT/tests" "$dir/"
+    config "$dir/pyproject.toml" "$src" "${tests[@]}"
     (cd "$dir" && "$MUTMUT" run) || true
   fi
-  module="$(echo "${src#src/}" | sed 's/\.py$//; s#/#.#g')"  # src/messi/glue/report.py -> messi.glue.report
   (cd "$dir" && "$MUTMUT" results --all true) | grep -F "$module." > "$dir/results.txt" || true
   if [ "$survivors" = 1 ]; then
     # mutmut forgets the verdicts of mutants it did not rerun (the tests changed): keep them

@@ -66,6 +66,21 @@ def test_attend_equals_product_with_table(which):
     assert no_bias.bias is None and torch.equal(no_bias(h), layer.attend(h))
 
 
+@pytest.mark.parametrize("which", [0, 1])
+def test_attend_gradients_equal_those_of_the_rebuilt_table(which):
+    A = table()
+    layer = layers(A, pad=2)[which]
+    h = torch.randn(7, 12, requires_grad=True)
+    g = torch.randn(7, 50)
+    (layer.attend(h) * g).sum().backward()
+    factored = [p.grad.clone() for p in (h, *layer.parameters())]
+    for p in (h, *layer.parameters()):
+        p.grad = None
+    ((h @ layer.weight.T) * g).sum().backward()  # the same scores through the rebuilt (n, d) table
+    for got, p in zip(factored, (h, *layer.parameters())):
+        assert torch.allclose(got, p.grad, atol=1e-4)
+
+
 def test_label_buffer_is_small_and_not_a_parameter():
     layer = ProjectiveEmbedding(1000, 16, 4, 3)
     assert layer.labels.dtype == torch.uint8 and layer.label_bytes == 1000

@@ -211,6 +211,7 @@ def test_a_damaged_linear_entry_is_reported(tmp_path):
         messi.load(tmp_path / "m")
 
 
+@pytest.mark.slow
 def test_cli_whole_model_on_the_real_model_with_real_glue_text(tmp_path, minilm_dir):
     """The issue's flow: compress --target all, info --json, load exactly, eval-sts."""
     lines = [line.split("\t")[0] for line in
