@@ -80,7 +80,7 @@ def test_remote_code_in_a_folder_never_runs(folder, tmp_path):
     marker = tmp_path / "ran"
     (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
     cfg = json.loads((folder / "config.json").read_text())
-    cfg["auto_map"] = {"AutoConfig": "evil.Config", "AutoModel": "evil.Model"}
+    cfg["auto_map"] = {"AutoConfig": "evil.Config", "AutoModel": "evil.Model", "AutoTokenizer": ["evil.Tokenizer", None]}
     (folder / "config.json").write_text(json.dumps(cfg))
     code = f"import messi; messi.load({str(folder)!r}); messi.load_tokenizer({str(folder)!r})"
     result = subprocess.run([sys.executable, "-c", code], input="y\n", capture_output=True, text=True, timeout=300,
@@ -203,3 +203,22 @@ def test_the_embedding_record_counts_what_the_layer_holds(method, weighted):
         assert info["weighted_rel_error"] == pytest.approx(float((w * err).sum() / (w * (A.double() ** 2).sum(1)).sum()), rel=1e-6)
     else:
         assert "weighted_rel_error" not in info
+
+
+def test_a_folder_whose_model_lacks_a_named_layer_is_one_clear_error(tmp_path):
+    model = tiny_model()
+    messi.compress(model, method="svd", ratio=0.3, target="linear")
+    path = messi.save(model, tmp_path / "m")
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["base_config"]["num_hidden_layers"] = 0  # the saved layers no longer exist in the model it builds
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(MessiError, match="names the layer encoder.layer.0.attention.self.query, which BertModel "
+                                         "does not have as an nn.Linear"):
+        messi.load(path)
+
+
+def test_a_folder_written_before_tied_output_was_recorded_loads_untied(folder):
+    edit_info(folder, tied_output=...)
+    model = messi.load(folder)
+    assert model.get_input_embeddings().num_embeddings == 60
+    assert getattr(model, "get_output_embeddings", lambda: None)() is None

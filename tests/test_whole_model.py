@@ -417,6 +417,8 @@ def test_target_all_fits_a_dominant_embedding_first_and_counts_it(monkeypatch):
     assert order[0] == "_fit_embedding_target" and order.count("_fit_embedding_target") == 1
     emb = info["embedding"]
     assert emb["rank"] == layer.rank and emb["k"] == getattr(layer, "n_clusters", 1)
+    assert (emb["method"], type(layer).__name__) in (("messi", "ProjectiveEmbedding"), ("svd", "FactorizedEmbedding"))
+    assert (emb["method"] == "messi") is (emb["k"] > 1)
     assert emb["embedding_params_after"] == sum(p.numel() for p in layer.parameters()) < 3000 * 32
     assert "weighted_rel_error" in emb  # the row weights reached the embedding's fit
     after = _targeted_params(model, info["linear_layers"]) + emb["embedding_params_after"]
@@ -591,3 +593,28 @@ def test_the_embedding_keeps_its_padding_row_exactly_under_target_all():
     assert "embedding" in model.messi_config
     with torch.no_grad():
         assert torch.equal(model.get_input_embeddings()(torch.tensor([pad]))[0], row)
+
+
+def test_target_all_with_svd_fits_the_embedding_by_weighted_svd():
+    model = tiny_wide_vocab()
+    A = model.get_input_embeddings().weight.detach().double().clone()
+    w = torch.rand(3000, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    messi.compress(model, method="svd", ratio=0.4, target="all", inputs=batches(), row_weights=w)
+    emb, layer = model.messi_config["embedding"], model.get_input_embeddings()
+    assert (emb["method"], emb["k"], type(layer).__name__) == ("svd", 1, "FactorizedEmbedding")
+    V = torch.linalg.svd(A * w.sqrt()[:, None], full_matrices=False).Vh[: emb["rank"]]
+    by_hand = A @ V.T @ V  # every row projected on the top subspace of the weighted rows
+    with torch.no_grad():
+        rebuilt = layer.weight.double()
+    rows = torch.arange(3000) != model.config.pad_token_id  # the padding row is kept exactly instead
+    assert torch.allclose(rebuilt[rows], by_hand[rows], atol=1e-4)
+
+
+def test_install_empty_gives_the_layers_the_models_dtype():
+    original, other = tiny("bert").to(torch.bfloat16), tiny("bert", seed=5).to(torch.bfloat16)
+    messi.compress(original, method="svd", ratio=0.4, target="linear", inputs=batches())
+    install_empty(other, original.messi_config)
+    assert {p.dtype for p in other.parameters()} == {torch.bfloat16}
+    other.load_state_dict(original.state_dict())
+    ids = torch.tensor([[3, 17, 42, 5]])
+    assert torch.equal(outputs(original, ids), outputs(other, ids))
