@@ -521,11 +521,14 @@ def test_best_fit_paths_equal_the_fits_they_name():
     assert (kk, j, orientation) == (3, 4, "rows") and torch.equal(f.reconstruct(), want)
     assert err == pytest.approx(relative_error(M, want, w), rel=1e-9)
     # columns: the input features' vectors, each weighted by its input energy
-    cols = _lines(2, rows=24, cols=10, seed=3).T  # (10, 24): the columns lie on two lines
+    cols = _lines(3, rows=24, cols=10, seed=3).T  # (10, 24): the columns near three lines
+    cols = cols + 0.01 * torch.randn(cols.shape, generator=g)
     Cc = torch.diag(torch.linspace(0.5, 2.0, 24)).double()
-    f, kk, j, orientation, err = _best_fit(cols, 2, "messi", 2, True, ("columns",), Cc, None, SETTINGS)
-    assert orientation == "columns" and kk == 2
-    want = factorize(cols.T, "messi", 2, j, Cc.diagonal().float(), **SETTINGS).reconstruct().T
+    settings = {**SETTINGS, "loss": "l1"}  # not the default loss: the settings must be passed on
+    f, kk, j, orientation, err = _best_fit(cols, 2, "messi", 3, True, ("columns",), Cc, None, settings)
+    assert (orientation, kk, j) == ("columns", 3, 1)  # three lines: beyond a rank-2 SVD of the same size
+    want = factorize(cols.T, "messi", 3, 1, Cc.diagonal().float(), **settings).reconstruct().T
+    assert not torch.equal(want, factorize(cols.T, "messi", 3, 1, Cc.diagonal().float()).reconstruct().T)
     assert torch.equal(f.reconstruct().T, want)
     assert err == pytest.approx(output_error(cols, want, Cc), abs=1e-9)
 
