@@ -37,6 +37,7 @@ def hidden(model, tokens):
         return model(**tokens).last_hidden_state
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["svd", "messi"])
 def test_save_load_gives_identical_outputs(compressed, tokens, method):
     model, path = compressed[method]
@@ -49,6 +50,7 @@ def test_save_load_gives_identical_outputs(compressed, tokens, method):
     assert tok("hello world")["input_ids"] == transformers.AutoTokenizer.from_pretrained(path)("hello world")["input_ids"]
 
 
+@pytest.mark.slow
 def test_messi_beats_svd_at_forty_percent(compressed):
     svd = json.loads((compressed["svd"][1] / "messi.json").read_text())
     ms = json.loads((compressed["messi"][1] / "messi.json").read_text())
@@ -60,6 +62,7 @@ def test_messi_beats_svd_at_forty_percent(compressed):
     assert ms["label_bytes"] == 30522
 
 
+@pytest.mark.slow
 def test_compressed_model_stays_close_to_original(compressed, tokens):
     original = hidden(messi.load_pretrained(), tokens)
     for method in ("svd", "messi"):
@@ -68,6 +71,7 @@ def test_compressed_model_stays_close_to_original(compressed, tokens):
         assert cos.mean() > 0.8, method
 
 
+@pytest.mark.slow
 def test_tied_masked_lm_head_uses_the_factored_table(minilm_dir):
     model = transformers.BertForMaskedLM.from_pretrained(minilm_dir).eval()
     full = sum(p.numel() for p in model.parameters())
@@ -146,6 +150,7 @@ def test_compress_twice_is_refused():
     ("no_json", "not a messi folder"),
     ("no_config", "config.json"),
 ])
+@pytest.mark.slow
 def test_broken_folder_gives_clear_error(compressed, tmp_path, damage, match):
     import shutil
 
@@ -189,6 +194,7 @@ def test_half_precision_round_trip_is_exact(tmp_path, tokens, dtype):
     assert torch.equal(hidden(model, tokens), hidden(again, tokens))
 
 
+@pytest.mark.slow
 def test_load_honours_the_device(compressed):
     _, path = compressed["svd"]
     model = messi.load(path, device="meta")
@@ -196,6 +202,7 @@ def test_load_honours_the_device(compressed):
     assert {p.device.type for p in messi.load(path, device="cpu").parameters()} == {"cpu"}
 
 
+@pytest.mark.slow
 def test_padding_row_is_kept_exactly(compressed):
     original = messi.load_pretrained().get_input_embeddings().weight[0]
     for method in ("svd", "messi"):
@@ -248,6 +255,7 @@ def test_install_empty_then_copying_the_weights_rebuilds_the_compressed_model(na
     assert other.messi_config == original.messi_config
 
 
+@pytest.mark.slow
 def test_load_tokenizer_from_a_folder_a_built_in_name_or_nothing(compressed, tmp_path, minilm_dir):
     _, path = compressed["svd"]
     ids = messi.load_tokenizer(minilm_dir)("a cat")["input_ids"]
@@ -275,6 +283,7 @@ def _rewrite_weights(folder, change):
     (folder / "messi.json").write_text(json.dumps({**info, "weights_sha256": sha256_file(file)}))
 
 
+@pytest.mark.slow
 def test_weights_written_without_alias_metadata_load(compressed, tmp_path, tokens):
     import shutil
 
@@ -284,6 +293,7 @@ def test_weights_written_without_alias_metadata_load(compressed, tmp_path, token
     assert torch.equal(hidden(messi.load(copy), tokens), hidden(model, tokens))
 
 
+@pytest.mark.slow
 def test_a_tensor_the_model_does_not_have_is_refused(compressed, tmp_path):
     import shutil
 
