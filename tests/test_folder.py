@@ -72,8 +72,9 @@ def test_config_vocab_must_match(folder):
     cfg = json.loads((folder / "config.json").read_text())
     cfg["base_config"]["vocab_size"] = 61
     (folder / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(MessiError, match="vocab_size"):
+    with pytest.raises(MessiError, match="vocab_size") as caught:
         messi.load(folder)
+    assert str(folder) in str(caught.value)  # the message names the folder
 
 
 def test_remote_code_in_a_folder_never_runs(folder, tmp_path):
@@ -222,3 +223,143 @@ def test_a_folder_written_before_tied_output_was_recorded_loads_untied(folder):
     model = messi.load(folder)
     assert model.get_input_embeddings().num_embeddings == 60
     assert getattr(model, "get_output_embeddings", lambda: None)() is None
+
+
+def _tiny_folder(tmp_path, model=None, **kw):
+    model = model if model is not None else tiny_model()
+    with torch.no_grad():
+        model.get_input_embeddings().weight[0] = torch.linspace(-1, 1, 16)  # a padding row that is not zero
+    kw = {"method": "messi", "ratio": 0.4, "k": 2, "n_init": 1, "max_iter": 3, **kw}
+    return messi.compress(model, **kw), tmp_path / "m"
+
+
+def test_the_padding_row_is_kept_exactly_and_reloaded(tmp_path):
+    for method in ("svd", "messi"):
+        model, path = _tiny_folder(tmp_path / method, method=method)
+        again = messi.load(messi.save(model, path))
+        with torch.no_grad():
+            for m in (model, again):
+                assert torch.equal(m.get_input_embeddings()(torch.tensor([0]))[0], torch.linspace(-1, 1, 16)), method
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_tiny_round_trip_is_exact(tmp_path, dtype):
+    model, path = _tiny_folder(tmp_path, tiny_model().to(dtype))
+    assert model.messi_config["dtype"] == str(dtype).split(".")[1]
+    again = messi.load(messi.save(model, path))
+    assert {p.dtype for p in again.parameters()} == {dtype}
+    ids = torch.tensor([[1, 5, 7, 2]])
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).last_hidden_state, again(input_ids=ids).last_hidden_state)
+
+
+def test_the_recorded_dtype_is_the_one_most_parameters_have(tmp_path):
+    model = tiny_model().to(torch.bfloat16)
+    model.get_input_embeddings().float()  # the largest single tensor, but fewer numbers than all the rest
+    model.encoder.layer[0].intermediate.dense.float()
+    messi.compress(model, method="svd", ratio=0.4)
+    assert model.messi_config["dtype"] == "bfloat16"
+
+
+def test_load_moves_the_model_only_when_asked(folder):
+    assert {p.device.type for p in messi.load(folder).parameters()} == {"cpu"}
+    assert {p.device.type for p in messi.load(folder, device="meta").parameters()} == {"meta"}
+
+
+def test_weights_that_do_not_match_the_model_name_the_first_problem(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from messi.folder import sha256_file
+
+    model, path = _tiny_folder(tmp_path)
+    path = messi.save(model, path)
+    tensors = load_file(str(path / "model.safetensors"))
+    tensors["stray.weight"] = torch.zeros(2)
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt", "aliases": "{}"})
+    edit_info(path, weights_sha256=sha256_file(path / "model.safetensors"))
+    with pytest.raises(MessiError, match=r"is corrupt or does not match messi.json \(Error\(s\) in loading state_dict") as e:
+        messi.load(path)
+    assert "stray.weight" in str(e.value) and "\n" not in str(e.value)  # the reason, on one line
+
+
+def test_a_tied_head_is_switched_to_the_factored_table(tmp_path):
+    model = tiny_model(tied=True)
+    messi.compress(model, method="messi", ratio=0.4, k=2, n_init=1, max_iter=3)
+    assert model.messi_config["tied_output"] is True
+    assert model.get_output_embeddings().embedding is model.get_input_embeddings()
+
+
+def test_compress_records_its_documented_defaults_and_is_quiet(capsys):
+    model = messi.compress(tiny_model())
+    info = model.messi_config
+    assert (info["method"], info["k"], info["seed"], info["n_init"], info["max_iter"], info["tol"], info["loss"]) == \
+        ("messi", 3, 0, 4, 50, 1e-4, "l2")
+    assert info["ratio"] == 0.4 and capsys.readouterr().err == ""
+
+
+def test_compress_fits_with_the_settings_it_is_given():
+    from messi.factorize import messi_factorize
+
+    model = tiny_model()
+    A = model.get_input_embeddings().weight.detach().clone()
+    w = torch.rand(60, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    kw = dict(seed=3, n_init=2, max_iter=7, tol=0.5, loss="huber")
+    messi.compress(model, method="messi", k=2, rank=5, row_weights=w, **kw)
+    want = messi_factorize(A, 2, 5, sample_weight=w, **kw).reconstruct()
+    with torch.no_grad():
+        got = model.get_input_embeddings().weight
+    assert torch.equal(got[1:], want[1:])  # row 0 is the padding row, kept as it was
+    assert not torch.equal(want, messi_factorize(A, 2, 5, sample_weight=w).reconstruct())  # the settings matter
+
+
+def test_compress_svd_fits_the_weighted_svd():
+    model = tiny_model()
+    A = model.get_input_embeddings().weight.detach().double().clone()
+    w = torch.rand(60, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    messi.compress(model, method="svd", rank=4, row_weights=w)
+    V = torch.linalg.svd(A * w.sqrt()[:, None], full_matrices=False).Vh[:4]
+    with torch.no_grad():
+        got = model.get_input_embeddings().weight.double()
+    assert type(model.get_input_embeddings()).__name__ == "FactorizedEmbedding"
+    assert torch.allclose(got[1:], (A @ V.T @ V)[1:], atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(k=0), r"^k must be in \[1, inf\]"), (dict(n_init=0), r"^n_init must be in \[1, inf\]"),
+    (dict(max_iter=0), r"^max_iter must be in \[1, inf\]"), (dict(seed=-1), r"^seed must be in \[0, ")])
+def test_compress_settings_are_checked_by_name(kwargs, words):
+    with pytest.raises(MessiError, match=words):
+        messi.compress(tiny_model(), method="messi", **kwargs)
+    assert messi.compress(tiny_model(), method="messi", k=1, n_init=1, max_iter=2).messi_config["k"] == 1
+
+
+def test_save_never_replaces_a_folder_that_appears_while_it_writes(tmp_path, monkeypatch):
+    compress_module = sys.modules["messi.compress"]
+    real, target = compress_module._save_weights, tmp_path / "m"
+
+    def racing(model, file):
+        target.mkdir()
+        (target / "theirs").write_text("keep me")
+        real(model, file)
+
+    monkeypatch.setattr(compress_module, "_save_weights", racing)
+    with pytest.raises(MessiError, match="appeared"):
+        messi.save(messi.compress(tiny_model(), method="svd", ratio=0.4), target)
+    assert sorted(p.name for p in target.iterdir()) == ["theirs"]
+
+
+def test_save_writes_the_tokenizer_it_is_given(tmp_path):
+    tok = messi.load_tokenizer("minilm")
+    path = messi.save(messi.compress(tiny_model(), method="svd", ratio=0.4), tmp_path / "m", tokenizer=tok)
+    assert messi.load_tokenizer(path)("a cat")["input_ids"] == tok("a cat")["input_ids"]
+
+
+def test_remote_code_named_by_a_folder_never_runs_in_process(folder, tmp_path):
+    marker = tmp_path / "ran"
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["auto_map"] = {"AutoConfig": "evil.Config", "AutoTokenizer": ["evil.Tokenizer", None]}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    messi.load(folder)
+    messi.load_tokenizer(folder)
+    assert not marker.exists()

@@ -492,8 +492,9 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None) -> n
     try:
         _load_weights(model, weights)
     except (SafetensorError, RuntimeError, OSError, KeyError, json.JSONDecodeError) as e:
-        first = str(e).strip().splitlines()[0][:300]
-        raise MessiError(f"{weights} is corrupt or does not match messi.json ({first}); "
+        # torch puts the reason on the lines after "Error(s) in loading state_dict for X:": keep them, on one line
+        reason = " ".join(str(e).split())[:300]
+        raise MessiError(f"{weights} is corrupt or does not match messi.json ({reason}); "
                          "re-run `messi compress`") from e
     model.messi_config = info
     model.eval()
