@@ -7,6 +7,7 @@
 #   bash scripts/mutation.sh                       # all six modules (hours on 2 cores)
 #   bash scripts/mutation.sh metrics report        # some of them
 #   bash scripts/mutation.sh --survivors report    # after adding tests: rerun what survived
+#   RERUN="messi.compress.x_load__*" bash scripts/mutation.sh --survivors compress  # and an edited function
 #   bash scripts/mutation.sh --score               # the table of every module run so far
 #
 # docs/testing.md records the last runs, their score and every survivor.
@@ -84,11 +85,16 @@ for m in "${modules[@]}"; do
     # against the current tests; the mutated source stays as it was
     [ -f "$dir/results.txt" ] || (cd "$dir" && "$MUTMUT" results --all true | grep -F "$module.") > "$dir/results.txt" || true
     [ -s "$dir/results.txt" ] || { echo "error: $m has not been run yet" >&2; exit 2; }
-    rm -rf "$dir/tests" "$dir/mutants/tests"
-    cp -r "$ROOT/tests" "$dir/tests" && cp -r "$ROOT/tests" "$dir/mutants/tests"
+    rm -rf "$dir/tests" "$dir/mutants/tests" "$dir/src"
+    cp -r "$ROOT/tests" "$dir/tests" && cp -r "$ROOT/tests" "$dir/mutants/tests" && cp -r "$ROOT/src" "$dir/src"
     config "$dir/pyproject.toml" "$src" "${tests[@]}" && cp "$dir/pyproject.toml" "$dir/mutants/pyproject.toml"
     cp "$dir/results.txt" "$dir/results.before.txt"
-    mapfile -t names < <(grep -E ": (survived|no tests|not checked)$" "$dir/results.txt" | sed -E 's/^ *//; s/: .*//')
+    # explained mutants (scripts/mutation_equivalent.txt) are not rerun
+    mapfile -t names < <(grep -E ": (survived|no tests|not checked)$" "$dir/results.txt" | sed -E 's/^ *//; s/: .*//' \
+                         | grep -vxFf <(grep -v '^#' "$ROOT/scripts/mutation_equivalent.txt" | cut -d' ' -f1))
+    # functions edited since the last run: name their mutants in RERUN (e.g. RERUN="messi.compress.x_load__*")
+    read -r -a extra <<< "${RERUN:-}"
+    names+=("${extra[@]}")
     if [ ${#names[@]} -gt 0 ]; then (cd "$dir" && "$MUTMUT" run "${names[@]}") || true; fi
   else
     rm -rf "$dir" && mkdir -p "$dir"

@@ -275,11 +275,14 @@ def test_weights_that_do_not_match_the_model_name_the_first_problem(tmp_path):
     path = messi.save(model, path)
     tensors = load_file(str(path / "model.safetensors"))
     tensors["stray.weight"] = torch.zeros(2)
+    tensors.update({f"another.stray.tensor.with.a.long.name.{i}": torch.zeros(1) for i in range(20)})
     save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt", "aliases": "{}"})
     edit_info(path, weights_sha256=sha256_file(path / "model.safetensors"))
     with pytest.raises(MessiError, match=r"is corrupt or does not match messi.json \(Error\(s\) in loading state_dict") as e:
         messi.load(path)
-    assert "stray.weight" in str(e.value) and "\n" not in str(e.value)  # the reason, on one line
+    assert "Unexpected key(s)" in str(e.value) and "\n" not in str(e.value)  # the reason, on one line
+    reason = str(e.value).split("messi.json (", 1)[1].rsplit("); re-run", 1)[0]
+    assert len(reason) == 300  # and at most 300 characters of it
 
 
 def test_a_tied_head_is_switched_to_the_factored_table(tmp_path):
@@ -294,7 +297,25 @@ def test_compress_records_its_documented_defaults_and_is_quiet(capsys):
     info = model.messi_config
     assert (info["method"], info["k"], info["seed"], info["n_init"], info["max_iter"], info["tol"], info["loss"]) == \
         ("messi", 3, 0, 4, 50, 1e-4, "l2")
-    assert info["ratio"] == 0.4 and capsys.readouterr().err == ""
+    assert info["ratio"] == 0.4 and info["target"] == "embedding" and capsys.readouterr().err == ""
+    assert info["messi_version"] == messi.__version__ and "calibration" not in info
+
+
+def test_compress_records_the_loss_it_used_and_the_fit_time():
+    import time
+
+    start = time.perf_counter()
+    info = messi.compress(tiny_model(), method="messi", k=2, loss="huber", n_init=1, max_iter=3).messi_config
+    assert info["loss"] == "huber" and 0 < info["fit_seconds"] <= time.perf_counter() - start
+    assert messi.compress(tiny_model(), method="svd", loss="huber").messi_config["loss"] == "l2"  # SVD has no loss
+
+
+def test_calibration_is_recorded_when_weights_or_moments_were_used():
+    w = torch.ones(60, dtype=torch.float64)
+    assert "calibration" in messi.compress(tiny_model(), method="svd", row_weights=w).messi_config
+    model = tiny_model()
+    moments = {n: torch.eye(m.in_features, dtype=torch.float64) for n, m in messi.targets.linear_targets(model).items()}
+    assert "calibration" in messi.compress(model, method="svd", target="linear", activations=moments).messi_config
 
 
 def test_compress_fits_with_the_settings_it_is_given():
@@ -330,6 +351,9 @@ def test_compress_svd_fits_the_weighted_svd():
 def test_compress_settings_are_checked_by_name(kwargs, words):
     with pytest.raises(MessiError, match=words):
         messi.compress(tiny_model(), method="messi", **kwargs)
+    if "k" not in kwargs:  # checked before any fit, whatever the method
+        with pytest.raises(MessiError, match=words):
+            messi.compress(tiny_model(), method="svd", **kwargs)
     assert messi.compress(tiny_model(), method="messi", k=1, n_init=1, max_iter=2).messi_config["k"] == 1
 
 
