@@ -312,7 +312,10 @@ def test_compress_records_the_loss_it_used_and_the_fit_time():
 
 def test_calibration_is_recorded_when_weights_or_moments_were_used():
     w = torch.ones(60, dtype=torch.float64)
-    assert "calibration" in messi.compress(tiny_model(), method="svd", row_weights=w).messi_config
+    info = messi.compress(tiny_model(), method="svd", row_weights=w).messi_config
+    assert info["calibration"] == {"sources": ["row_weights / activations given to compress()"]}
+    given = {"sources": ["glue:sst2"], "texts": 10}
+    assert messi.compress(tiny_model(), method="svd", row_weights=w, calibration=given).messi_config["calibration"] == given
     model = tiny_model()
     moments = {n: torch.eye(m.in_features, dtype=torch.float64) for n, m in messi.targets.linear_targets(model).items()}
     assert "calibration" in messi.compress(model, method="svd", target="linear", activations=moments).messi_config
@@ -387,3 +390,10 @@ def test_remote_code_named_by_a_folder_never_runs_in_process(folder, tmp_path):
     messi.load(folder)
     messi.load_tokenizer(folder)
     assert not marker.exists()
+
+
+def test_compress_records_how_the_source_was_loaded():
+    model = tiny_model()
+    model.messi_load_report = {"class": "BertModel", "reason": "the checkpoint holds a bare encoder"}
+    assert messi.compress(model, method="svd").messi_config["source_load"] == model.messi_load_report
+    assert "source_load" not in messi.compress(tiny_model(), method="svd").messi_config

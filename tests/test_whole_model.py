@@ -621,3 +621,23 @@ def test_install_empty_gives_the_layers_the_models_dtype():
     other.load_state_dict(original.state_dict())
     ids = torch.tensor([[3, 17, 42, 5]])
     assert torch.equal(outputs(original, ids), outputs(other, ids))
+
+
+def test_given_moments_are_the_ones_the_fits_use_when_no_inputs_are_given():
+    from messi.factorize import whitening
+
+    model = tiny("bert")
+    names = list(linear_targets(model))
+    scales = torch.logspace(-2, 0.5, 32, dtype=torch.float64)
+    moments = {n: torch.diag(scales if model.get_submodule(n).in_features == 32 else torch.ones(64, dtype=torch.float64))
+               for n in names}
+    name = "encoder.layer.0.attention.self.query"
+    W = model.get_submodule(name).weight.detach().double().clone()
+    messi.compress(model, method="svd", ratio=0.4, target="linear", allocation="uniform", activations=moments)
+    entry = next(e for e in model.messi_config["linear_layers"] if e["name"] == name)
+    S, S_inv = whitening(moments[name])
+    U, s, Vh = torch.linalg.svd(W @ S)
+    j = entry["rank"]
+    with torch.no_grad():
+        rebuilt = model.get_submodule(name)(torch.eye(32)).T.double() - model.get_submodule(name).bias.double()[:, None]
+    assert torch.allclose(rebuilt, (U[:, :j] * s[:j]) @ Vh[:j] @ S_inv, atol=1e-4)
