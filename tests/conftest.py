@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 from hypothesis import settings
+from tqdm import tqdm
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # A quick pass for every run; HYPOTHESIS_PROFILE=thorough searches the property tests far longer.
@@ -14,6 +15,9 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 # MESSI_TEST_THREADS=1 for runs that fork test processes (mutation testing: OpenMP pools do not
 # survive a fork)
 torch.set_num_threads(int(os.environ.get("MESSI_TEST_THREADS", max(1, min(2, os.cpu_count() or 1)))))
+# no tqdm monitor thread: a process forked while it holds tqdm's lock (mutation runs fork the test
+# process per mutant) would wait on that lock for ever
+tqdm.monitor_interval = 0
 
 
 @pytest.fixture(scope="session")
