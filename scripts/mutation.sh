@@ -22,7 +22,7 @@ MUTMUT="$ROOT/.venv/bin/mutmut"
 # these tests that execute the mutated function)
 declare -A GUARD=(
   [clustering]="src/messi/clustering.py|tests/test_clustering.py tests/test_validation.py"
-  [factorize]="src/messi/factorize.py|tests/test_factorize.py tests/test_layers.py"
+  [factorize]="src/messi/factorize.py|tests/test_factorize.py tests/test_layers.py tests/test_whole_model.py"
   [layers]="src/messi/layers.py|tests/test_layers.py tests/test_compress.py"
   [compress]="src/messi/compress.py|tests/test_compress.py tests/test_folder.py tests/test_whole_model.py"
   [metrics]="src/messi/glue/metrics.py|tests/glue/test_metrics.py"

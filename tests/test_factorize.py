@@ -134,3 +134,37 @@ def test_messi_factorize_passes_every_setting_to_the_clustering():
         assert not torch.equal(other.bases, f.bases), change
     assert not torch.equal(messi_factorize(X, 3, 2, **settings).bases, f.bases)  # the weights
     assert messi_factorize(X, 2, 2, **settings).bases.shape == (2, 2, 6)
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.01])
+def test_whitening_is_the_damped_square_root_by_hand(scale):
+    from messi.factorize import whitening
+
+    g = torch.Generator().manual_seed(0)
+    Q = torch.linalg.qr(torch.randn(4, 4, generator=g, dtype=torch.float64))[0]
+    evals = scale * torch.tensor([4.0, 1.0, 0.25, 0.0], dtype=torch.float64)
+    C = Q @ torch.diag(evals) @ Q.T
+    S, S_inv = whitening(C)
+    damped = C + 0.01 * float(evals.mean()) * torch.eye(4, dtype=torch.float64)  # 1% of the mean eigenvalue
+    assert torch.allclose(S @ S, damped, atol=1e-12) and torch.allclose(S, S.T, atol=1e-12)
+    assert torch.allclose(S @ S_inv, torch.eye(4, dtype=torch.float64), atol=1e-9)
+    S2, _ = whitening(C.T.contiguous() + 1e-3 * (C - C.T))  # only the symmetric part counts
+    assert torch.allclose(S2, S, atol=1e-12)
+
+
+def test_whitened_fits_pass_their_weights_and_settings_on():
+    from messi.factorize import factorize, messi_factorize, whitening
+
+    g = torch.Generator().manual_seed(1)
+    A = torch.randn(40, 6, generator=g)
+    X = torch.randn(200, 6, generator=g) * torch.linspace(0.2, 2.0, 6)
+    C = (X.T @ X / 200).double()
+    w = torch.rand(40, generator=g, dtype=torch.float64)
+    settings = dict(seed=2, n_init=1, max_iter=3, tol=0.0, init="random")
+    got = factorize(A, "messi", 2, 3, sample_weight=w, moments=C, **settings)
+    S, S_inv = whitening(C)
+    white = messi_factorize((A.double() @ S).float(), 2, 3, sample_weight=w, **settings)
+    assert torch.equal(got.coords, white.coords) and torch.equal(got.labels, white.labels)
+    assert torch.allclose(got.bases, (white.bases.double() @ S_inv).float(), atol=1e-6)
+    assert not torch.equal(white.coords, messi_factorize((A.double() @ S).float(), 2, 3, **settings).coords)
+    assert not torch.equal(white.coords, messi_factorize((A.double() @ S).float(), 2, 3, sample_weight=w).coords)
