@@ -160,10 +160,14 @@ class ProjectiveEmbedding(_LowRankEmbedding):
 
     def _attend(self, hidden):
         order, counts = self._by_cluster(self.labels.long())
-        coords_sorted = torch.split(self.coords[order], counts)
-        # (M, j) @ (j, m_i) per cluster: the scores of the tokens that live in cluster i
-        scores = torch.cat([(hidden @ self.bases[i].T) @ c.T for i, c in enumerate(coords_sorted)], dim=1)
-        return torch.empty_like(scores).index_copy(1, order, scores)
+        j = self.rank
+        projected = hidden @ self.bases.reshape(-1, self.embedding_dim).T  # (M, k*j): one product
+        scores = hidden.new_empty(hidden.shape[0], self.num_embeddings)
+        # (M, j) @ (j, m_i) per cluster, written straight into the columns of its tokens: no copy
+        # of the (n, j) coordinates in cluster order and no concatenation of the pieces
+        for i, members in enumerate(torch.split(order, counts)):
+            scores[:, members] = projected[:, i * j:(i + 1) * j] @ self.coords[members].T
+        return scores
 
 
 class TiedOutputEmbedding(nn.Module):
