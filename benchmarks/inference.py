@@ -51,6 +51,24 @@ def real_batch(batch: int, length: int, tokenizer) -> torch.Tensor:
     return torch.tensor(ids[: batch * length]).reshape(batch, length)
 
 
+def interleaved_medians(calls: dict, repeats: int, warmup: int = 2, sync=None) -> dict[str, float]:
+    """Median seconds of every call (name: callable), the calls interleaved in each repetition so
+    that they see the same machine; the first ``warmup`` repetitions are not counted. ``sync``
+    (e.g. torch.cuda.synchronize) runs before and after each call."""
+    times = {name: [] for name in calls}
+    for rep in range(warmup + repeats):
+        for name, call in calls.items():
+            if sync:
+                sync()
+            start = time.perf_counter()
+            call()
+            if sync:
+                sync()
+            if rep >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def weight_bytes(model) -> int:
     return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
 
@@ -80,22 +98,14 @@ def main() -> None:
     models = {m: build(m).to(args.device) for m in methods}
     tok = messi.load_tokenizer()
     rows = {m: {"weight_bytes": weight_bytes(models[m])} for m in methods}
+    sync = torch.cuda.synchronize if args.device == "cuda" else None
     for batch, length in SHAPES:
         ids = real_batch(batch, length, tok).to(args.device)
-        times = {m: [] for m in methods}
         with torch.inference_mode():
-            for rep in range(args.repeats + 3):
-                for m in methods:
-                    if args.device == "cuda":
-                        torch.cuda.synchronize()
-                    start = time.perf_counter()
-                    models[m](input_ids=ids)
-                    if args.device == "cuda":
-                        torch.cuda.synchronize()
-                    if rep >= 3:  # warm-up excluded
-                        times[m].append(time.perf_counter() - start)
+            medians = interleaved_medians({m: (lambda m=m: models[m](input_ids=ids)) for m in methods},
+                                          args.repeats, warmup=3, sync=sync)
         for m in methods:
-            rows[m][f"ms_{batch}x{length}"] = 1000 * statistics.median(times[m])
+            rows[m][f"ms_{batch}x{length}"] = 1000 * medians[m]
     with tempfile.TemporaryDirectory() as tmp:
         for m in methods:
             source = m

@@ -17,8 +17,6 @@ decide the time).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -27,10 +25,11 @@ from rich.console import Console
 from rich.table import Table
 
 import messi
+from messi.factorize import parameter_count
 from messi.io import write_json
 from messi.models import resolve_model
 
-from inference import real_batch
+from inference import interleaved_medians, real_batch
 
 RESULTS = Path(__file__).parent / "results"
 VARIANTS = (("dense", None, None), ("svd", "svd", 0.4), ("messi k=3", "messi", 0.4),
@@ -48,26 +47,12 @@ def masked_lm(method: str | None, ratio: float | None) -> transformers.BertForMa
 
 
 def head_macs(model) -> int:
-    """Multiply-adds per position of the output projection (the decoder's factors)."""
+    """Multiply-adds per position of the output projection: one per number of its factors."""
     emb = model.get_input_embeddings()
     n, d = emb.num_embeddings, emb.embedding_dim
     if isinstance(emb, torch.nn.Embedding):
         return n * d
-    j = emb.rank
-    k = getattr(emb, "n_clusters", 1)
-    return k * j * d + n * j
-
-
-def interleaved_medians(calls: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
-    """Median seconds of every call, the calls interleaved in each repetition."""
-    times = {name: [] for name in calls}
-    for rep in range(warmup + repeats):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            if rep >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return parameter_count(n, d, getattr(emb, "n_clusters", 1), emb.rank)
 
 
 def main() -> None:

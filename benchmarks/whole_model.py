@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
@@ -37,6 +36,8 @@ from messi.compress import compress
 from messi.evaluate import read_pooling, sts_pairs, sts_score
 from messi.io import save_png, write_json
 from messi.models import resolve_model
+
+from inference import interleaved_medians
 
 RESULTS_DIR = Path(__file__).parent / "results"
 VARIANTS = {  # name: (method, allocation, k, calibrated, activation_aware)
@@ -54,14 +55,8 @@ def latency(model, tokenizer, repeats: int = 10) -> float:
     """Median seconds of one forward pass on 32 x 128 tokens."""
     ids = torch.randint(1000, 20000, (32, 128))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    times = []
     with torch.no_grad():
-        model(**batch)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(**batch)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        return interleaved_medians({"model": lambda: model(**batch)}, repeats, warmup=1)["model"]
 
 
 class SentenceSubject:

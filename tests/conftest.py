@@ -45,3 +45,12 @@ def planted(n_per=120, k=3, j=2, d=8, noise=1e-3, seed=0, dtype=torch.float64):
         labels += [i] * n_per
     X = torch.cat(X)
     return X + noise * torch.randn(X.shape, generator=g, dtype=dtype), torch.tensor(labels)
+
+
+def svd_projection(A, rank, weights=None):
+    """The rows of ``A`` (n, d) projected on the top-``rank`` right singular subspace of
+    diag(sqrt(weights)) A, in float64: the (weighted) truncated SVD, worked out with torch.linalg."""
+    A = A.double()
+    X = A if weights is None else A * weights.double().sqrt()[:, None]
+    V = torch.linalg.svd(X, full_matrices=False).Vh[:rank]
+    return A @ V.T @ V

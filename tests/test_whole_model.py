@@ -13,6 +13,7 @@ import transformers
 from torch import nn
 
 import messi
+from conftest import svd_projection
 from messi import MessiError
 from messi.compress import _best_fit, install_empty
 from messi.factorize import output_error
@@ -510,8 +511,7 @@ def test_best_fit_paths_equal_the_fits_they_name():
     # svd, whitened by the input moments: the truncated SVD of W S mapped back by S^-1
     f, kk, j, orientation, err = _best_fit(M, 4, "svd", 3, True, ("rows",), C, None, SETTINGS)
     S, S_inv = whitening(C)
-    U, s, Vh = torch.linalg.svd(M.double() @ S)
-    by_hand = (U[:, :4] * s[:4]) @ Vh[:4] @ S_inv
+    by_hand = svd_projection(M.double() @ S, 4) @ S_inv
     assert (kk, j, orientation) == (1, 4, "rows")
     assert torch.allclose(f.reconstruct().double(), by_hand, atol=1e-4)
     assert err == pytest.approx(output_error(M, by_hand, C), rel=1e-4)
@@ -555,8 +555,7 @@ def test_fit_linear_target_installs_what_it_records(bias, method, k):
     assert entry["params_after"] == 24 * 4 + k * 4 * 16
     assert entry["rel_error"] == pytest.approx(relative_error(W, rebuilt), rel=1e-4)
     if method == "svd":
-        U, s, Vh = torch.linalg.svd(W.double())
-        assert torch.allclose(rebuilt.double(), (U[:, :4] * s[:4]) @ Vh[:4], atol=1e-5)
+        assert torch.allclose(rebuilt.double(), svd_projection(W, 4), atol=1e-5)
 
 
 def test_a_layer_kept_dense_is_recorded_as_dense_and_left_alone():
@@ -605,8 +604,7 @@ def test_target_all_with_svd_fits_the_embedding_by_weighted_svd():
     messi.compress(model, method="svd", ratio=0.4, target="all", inputs=batches(), row_weights=w)
     emb, layer = model.messi_config["embedding"], model.get_input_embeddings()
     assert (emb["method"], emb["k"], type(layer).__name__) == ("svd", 1, "FactorizedEmbedding")
-    V = torch.linalg.svd(A * w.sqrt()[:, None], full_matrices=False).Vh[: emb["rank"]]
-    by_hand = A @ V.T @ V  # every row projected on the top subspace of the weighted rows
+    by_hand = svd_projection(A, emb["rank"], w)  # every row projected on the top subspace of the weighted rows
     with torch.no_grad():
         rebuilt = layer.weight.double()
     rows = torch.arange(3000) != model.config.pad_token_id  # the padding row is kept exactly instead
@@ -636,8 +634,6 @@ def test_given_moments_are_the_ones_the_fits_use_when_no_inputs_are_given():
     messi.compress(model, method="svd", ratio=0.4, target="linear", allocation="uniform", activations=moments)
     entry = next(e for e in model.messi_config["linear_layers"] if e["name"] == name)
     S, S_inv = whitening(moments[name])
-    U, s, Vh = torch.linalg.svd(W @ S)
-    j = entry["rank"]
     with torch.no_grad():
         rebuilt = model.get_submodule(name)(torch.eye(32)).T.double() - model.get_submodule(name).bias.double()[:, None]
-    assert torch.allclose(rebuilt, (U[:, :j] * s[:j]) @ Vh[:j] @ S_inv, atol=1e-4)
+    assert torch.allclose(rebuilt, svd_projection(W @ S, entry["rank"]) @ S_inv, atol=1e-4)
