@@ -216,9 +216,9 @@ def test_refit_with_weights_equals_refit_of_the_kept_rows():
     labels = torch.arange(200) % 3
     w = (torch.arange(200) % 4 != 0).double()
     resid = X.square().sum(1)
-    b1, c1 = _refit(X, labels, resid, 3, 4, w)
+    b1, c1, _ = _refit(X, labels, resid, 3, 4, w)
     keep = w > 0
-    b2, c2 = _refit(X[keep], labels[keep], resid[keep], 3, 4)
+    b2, c2, _ = _refit(X[keep], labels[keep], resid[keep], 3, 4)
     assert c1 == pytest.approx(c2, rel=1e-10)
     for i in range(3):
         assert torch.allclose(projector(b1, i), projector(b2, i), atol=1e-9)
@@ -230,9 +230,9 @@ def test_integer_weights_equal_repeated_rows():
     X = torch.randn(150, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
     w = torch.randint(1, 5, (150,), generator=torch.Generator().manual_seed(8))
     labels = torch.arange(150) % 2
-    b1, c1 = _refit(X, labels, X.square().sum(1), 2, 3, w.double())
+    b1, c1, _ = _refit(X, labels, X.square().sum(1), 2, 3, w.double())
     Xr, lr = X.repeat_interleave(w, 0), labels.repeat_interleave(w)
-    b2, c2 = _refit(Xr, lr, Xr.square().sum(1), 2, 3)
+    b2, c2, _ = _refit(Xr, lr, Xr.square().sum(1), 2, 3)
     assert c1 == pytest.approx(c2, rel=1e-10)
     for i in range(2):
         assert torch.allclose(projector(b1, i), projector(b2, i), atol=1e-9)
@@ -295,7 +295,7 @@ def test_an_empty_cluster_takes_the_worst_served_rows():
     resid = torch.zeros(300, dtype=torch.float64)
     worst = torch.arange(0, 300, 7)
     resid[worst] = 100.0 + torch.arange(len(worst), dtype=torch.float64)  # these rows are served worst
-    bases, _ = _refit(X, labels, resid, 3, 2, None)
+    bases, _, _ = _refit(X, labels, resid, 3, 2, None)
     m = min(300, max(4 * 2, 300 // (4 * 3)))  # how many worst rows the refit looks at
     top = torch.topk(resid, m).indices
     expected = torch.linalg.eigh(X[top].T @ X[top])[1][:, -2:]
@@ -607,7 +607,7 @@ def test_a_cluster_whose_rows_all_weigh_zero_is_starved_and_takes_the_heaviest_w
     labels = torch.cat([torch.zeros(20, dtype=torch.long), torch.ones(20, dtype=torch.long)])
     resid = torch.cat([torch.full((5,), 100.0), torch.full((5,), 10.0), torch.zeros(30)]).double()
     w = torch.cat([torch.ones(5), torch.full((5,), 20.0), torch.ones(10), torch.zeros(20)]).double()
-    bases, _ = _refit(X, labels, resid, 2, 1, w)
+    bases, _, _ = _refit(X, labels, resid, 2, 1, w)
     # max(4j, n/4k) = 5 worst rows by weighted residual: rows 5-9, along e3
     assert _spans(bases[1], _e(d, 3))
 
@@ -620,7 +620,7 @@ def test_a_cluster_of_exactly_j_rows_is_fitted_not_reseeded():
                    torch.randn(2, 5, generator=g, dtype=torch.float64)])
     labels = torch.cat([torch.zeros(30, dtype=torch.long), torch.ones(2, dtype=torch.long)])
     resid = torch.cat([torch.full((30,), 50.0), torch.zeros(2)]).double()
-    bases, _ = _refit(X, labels, resid, 2, 2, None)
+    bases, _, _ = _refit(X, labels, resid, 2, 2, None)
     assert _spans(bases[1], X[30]) and _spans(bases[1], X[31])
 
 
@@ -631,7 +631,7 @@ def test_reseeding_looks_at_the_4j_worst_rows_when_the_matrix_is_small():
     X = torch.cat([_e(d, 0).repeat(4, 1), 1000 * _e(d, 1)[None], torch.zeros(15, d, dtype=torch.float64)])
     resid = torch.cat([torch.full((4,), 10.0), torch.tensor([9.0]), torch.zeros(15)]).double()
     labels = torch.zeros(20, dtype=torch.long)  # cluster 1 starved; n/4k = 2 < 4j = 4
-    bases, _ = _refit(X, labels, resid, 2, 1, None)
+    bases, _, _ = _refit(X, labels, resid, 2, 1, None)
     assert _spans(bases[1], _e(d, 0))  # the fifth worst row, huge as it is, is not looked at
 
 
@@ -643,7 +643,7 @@ def test_a_starved_cluster_keeps_its_own_rows_in_the_new_subspace():
                    _e(d, 3)[None]])
     labels = torch.cat([torch.zeros(19, dtype=torch.long), torch.ones(1, dtype=torch.long)])  # 1 row < j = 2
     resid = torch.cat([torch.full((10,), 30.0), torch.zeros(10)]).double()
-    bases, _ = _refit(X, labels, resid, 2, 2, None)
+    bases, _, _ = _refit(X, labels, resid, 2, 2, None)
     assert _spans(bases[1], _e(d, 0)) and _spans(bases[1], _e(d, 3))  # the worst rows and its own row
 
 
@@ -729,3 +729,128 @@ def test_with_tol_0_a_robust_run_stops_when_its_cost_stops_moving():
     # delta above every distance: Huber weighs every row 1, so the run reaches an exact fixed point
     h = ProjectiveClustering(3, 2, n_init=1, max_iter=60, loss="huber", delta=10.0, tol=0.0).fit(X).cost_history_
     assert len(h) < 60 and h[-2] == h[-1]
+
+
+# --- the fast EM step gives the plain algorithm's answer -------------------------------------------
+
+
+def plain_em(X, labels, k, j, steps, w=None):
+    """The textbook loop, written independently of the library: per step, each cluster's
+    weighted Gram matrix from scratch, its top-j eigenvectors, every row to the basis that keeps
+    the most energy; then the bases of the final labels. Returns (labels, bases (k, j, d), the
+    cost after every refit)."""
+    X = X.double()
+    w = torch.ones(X.shape[0], dtype=torch.float64) if w is None else w.double()
+
+    def refit(labels):
+        bases, cost = [], 0.0
+        for i in range(k):
+            rows, wi = X[labels == i], w[labels == i]
+            B = torch.linalg.eigh((rows * wi[:, None]).T @ rows)[1][:, -j:].T
+            bases.append(B)
+            cost += float((wi * (rows - rows @ B.T @ B).square().sum(1)).sum())
+        return torch.stack(bases), cost
+
+    history = []
+    for _ in range(steps):
+        bases, cost = refit(labels)
+        history.append(cost)
+        labels = torch.einsum("nd,kjd->nkj", X, bases).square().sum(-1).argmax(1)
+    bases, cost = refit(labels)
+    return labels, bases, history + [cost]
+
+
+@given(n_per=st.integers(20, 60), d=st.integers(4, 9), k=st.integers(2, 4), weighted=st.booleans(), data=st.data())
+def test_fast_em_steps_equal_the_plain_algorithm(n_per, d, k, weighted, data):
+    """Gram matrices updated from the rows that moved, and distances through the complements
+    when j > d/2, must give the textbook loop's labels, subspaces and costs, step by step."""
+    j = data.draw(st.integers(1, d - 1))
+    g = torch.Generator().manual_seed(n_per * d + k)
+    X = torch.randn(n_per * k, d, dtype=torch.float64, generator=g)
+    w = torch.rand(len(X), dtype=torch.float64, generator=g) + 0.5 if weighted else None
+    start = torch.arange(len(X)) % k
+    steps = 6
+    pc = ProjectiveClustering(k, j, n_init=1, max_iter=steps, tol=-1.0)
+    from tqdm import tqdm
+
+    run = pc._lloyd(X, X.square().sum(1), start, tqdm(disable=True), w)
+    labels, bases, history = plain_em(X, start, k, j, steps, w)
+    if int(torch.bincount(labels, minlength=k).min()) < j:
+        return  # a starved cluster: the library re-seeds it, the textbook loop does not
+    assert torch.equal(run.labels, labels)  # a run that stops early stops at a fixed point
+    n = len(run.history)
+    assert run.history[:n] == pytest.approx(history[:n], rel=1e-9, abs=1e-9)
+    for i in range(k):
+        P, Q = run.bases[i].T @ run.bases[i], bases[i].T @ bases[i]
+        assert torch.allclose(P, Q, atol=1e-6)
+
+
+def test_gram_matrices_updated_from_moved_rows_equal_recomputed_ones():
+    from messi.clustering import _move_rows, cluster_grams
+
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(500, 7, generator=g)  # float32 rows: their products are exact in float64
+    w = torch.rand(500, dtype=torch.float64, generator=g)
+    old = torch.randint(0, 4, (500,), generator=g)
+    new = torch.where(torch.rand(500, generator=g) < 0.2, torch.randint(0, 4, (500,), generator=g), old)
+    for weights in (None, w):
+        grams = cluster_grams(X, old, 4, weights)
+        _move_rows(grams, X, old, new, weights)
+        expected = torch.stack([(X[new == i].double() * (1 if weights is None else weights[new == i, None])).T
+                                @ X[new == i].double() for i in range(4)])
+        assert torch.allclose(grams, expected, rtol=1e-12, atol=1e-10)
+    unchanged = cluster_grams(X, old, 4)
+    grams = unchanged.clone()
+    _move_rows(grams, X, old, old)
+    assert torch.equal(grams, unchanged)
+
+
+def test_distances_through_the_complements_equal_those_through_the_bases():
+    from messi.clustering import split_spectrum
+
+    g = torch.Generator().manual_seed(4)
+    X = torch.randn(400, 9, dtype=torch.float64, generator=g)
+    grams = [(X[i::3].T @ X[i::3]) for i in range(3)]
+    for j in (2, 6):
+        parts = [split_spectrum(G, j) for G in grams]
+        bases, complements = torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts])
+        assert bases.shape == (3, j, 9) and complements.shape == (3, 9 - j, 9)
+        # together they are orthonormal bases of the whole space, the leading eigenvectors first
+        for B, N in zip(bases, complements):
+            full = torch.cat([B, N])
+            assert torch.allclose(full @ full.T, torch.eye(9, dtype=X.dtype), atol=1e-10)
+        kept = (bases[0] @ grams[0] * bases[0]).sum()
+        assert float(kept) == pytest.approx(float(torch.linalg.eigvalsh(grams[0])[-j:].sum()), rel=1e-12)
+        by_energy = assign(X, bases)
+        by_complement = assign(X, bases, complements=complements)
+        assert torch.equal(by_energy[0], by_complement[0])
+        assert torch.allclose(by_energy[1], by_complement[1], atol=1e-10)
+        by_hand = torch.stack([(X @ N.T).square().sum(1) for N in complements], 1).min(1).values
+        assert torch.allclose(by_complement[1], by_hand, atol=1e-12)
+
+
+def test_the_fit_gives_the_cores_back_to_torch(monkeypatch):
+    """Inside a CPU fit torch runs on one thread (the BLAS gets the cores); after it, and after
+    a fit that fails, torch has its thread count back."""
+    import messi.clustering as clustering
+
+    threads = torch.get_num_threads()
+    seen = []
+    refit = clustering._refit
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return refit(*args, **kwargs)
+
+    monkeypatch.setattr(clustering, "_refit", spy)
+    X, _ = planted(k=2, n_per=30, seed=2)
+    ProjectiveClustering(2, 2, n_init=1, max_iter=3).fit(X)
+    assert seen and set(seen) == {1} and torch.get_num_threads() == threads
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(clustering, "_refit", boom)
+    with pytest.raises(RuntimeError):
+        ProjectiveClustering(2, 2, n_init=1, max_iter=3).fit(X)
+    assert torch.get_num_threads() == threads
