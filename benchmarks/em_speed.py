@@ -5,6 +5,11 @@ Prints a table and writes benchmarks/results/em_speed.json. Run alone on a quiet
 
     python benchmarks/em_speed.py                 # MiniLM 30522x384 real + RoBERTa-shape synthetic
     python benchmarks/em_speed.py --quick         # smaller, to check the script works
+    python benchmarks/em_speed.py curves          # time to cost: reference vs ours, MiniLM and MPNet
+
+``curves`` records the best cost reached against seconds for the reference with its own defaults
+(10 initialisations x 10 steps), our defaults and our fast settings, at k=3 and 40%; writes
+results/em_time_to_cost.json and .png.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ from messi import ProjectiveClustering, rank_for_ratio
 from messi.io import write_json
 
 
-def reference_em(A: np.ndarray, k: int, j: int, steps: int, rng: np.random.Generator) -> float:
+def reference_em(A: np.ndarray, k: int, j: int, steps: int, rng: np.random.Generator, on_step=None) -> float:
     """The reference code's loop: random equal split, then per step for each subspace the
-    null space (d x (d-j)) from a full SVD of its rows, distances |a N|^2, argmin. Returns cost."""
+    null space (d x (d-j)) from a full SVD of its rows, distances |a N|^2, argmin. Returns cost;
+    ``on_step(cost)`` is called after every step."""
     n, d = A.shape
     labels = np.empty(n, dtype=np.int64)
     labels[rng.permutation(n)] = np.arange(n) % k
@@ -38,6 +44,8 @@ def reference_em(A: np.ndarray, k: int, j: int, steps: int, rng: np.random.Gener
                 nulls[i] = vt[j:].T  # (d, d - j)
         dist = np.stack([np.square(A @ N).sum(1) for N in nulls], axis=1)
         labels = dist.argmin(1)
+        if on_step is not None:
+            on_step(float(dist.min(1).sum()))
     return float(dist.min(1).sum())
 
 
@@ -82,7 +90,113 @@ def power_law_table(n: int, d: int, seed: int = 0) -> torch.Tensor:
     return out
 
 
+class Curve:
+    """Best cost reached so far against seconds since ``start()``: (seconds, cost) points."""
+
+    def __init__(self):
+        self.points: list[tuple[float, float]] = []
+        self.t0 = time.perf_counter()
+
+    def record(self, cost: float) -> None:
+        best = min(cost, self.points[-1][1]) if self.points else cost
+        self.points.append((time.perf_counter() - self.t0, best))
+
+    def time_to(self, cost: float) -> float | None:
+        """Seconds until the best cost was at most ``cost`` (None: never)."""
+        return next((t for t, c in self.points if c <= cost), None)
+
+
+def messi_curve(A: torch.Tensor, k: int, j: int, **settings) -> Curve:
+    """Fit with ``settings`` and record every refit's cost (each is the cost of a real
+    factorisation: the refitted bases with the labels they were fitted to)."""
+    import messi.clustering as clustering
+
+    refit, curve = clustering._refit, None
+
+    def timed(*args, **kwargs):
+        out = refit(*args, **kwargs)
+        curve.record(out[1])
+        return out
+
+    clustering._refit = timed
+    try:
+        curve = Curve()
+        ProjectiveClustering(k, j, **settings).fit(A)
+    finally:
+        clustering._refit = refit
+    return curve
+
+
+def reference_curve(A: torch.Tensor, k: int, j: int, inits: int = 10, steps: int = 10) -> Curve:
+    """The reference's own defaults: ``inits`` random splits x ``steps`` steps, best kept."""
+    An, curve = A.numpy().astype(np.float32), Curve()
+    rng = np.random.default_rng(0)
+    for _ in range(inits):
+        reference_em(An, k, j, steps, rng, on_step=curve.record)
+    return curve
+
+
+CURVE_SETTINGS = {
+    "messi defaults": {},  # ProjectiveClustering's: 4 k-means-seeded restarts, <= 50 steps, tol 1e-4
+    "messi fast": {"n_init": 1, "tol": 1e-3},
+}
+
+
+def curves() -> None:
+    """Time-to-cost curves on MiniLM and (if fetched) MPNet at k=3, 40%: table, JSON and PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tables = list(matrices(False))[:1]
+    try:
+        tables += list(matrices(False, "mpnet"))
+    except Exception as e:  # MPNet is optional: `messi fetch-model mpnet`
+        print(f"MPNet left out ({e})")
+    rows, fig = [], plt.figure(figsize=(6 * len(tables), 4.2))
+    for p, (name, A) in enumerate(tables):
+        n, d = A.shape
+        k, j = 3, rank_for_ratio(n, d, 3, 0.4)
+        scale = float(A.double().square().sum())
+        found = {"reference (10 x 10)": reference_curve(A, k, j)}
+        found.update({label: messi_curve(A, k, j, **s) for label, s in CURVE_SETTINGS.items()})
+        ref = found["reference (10 x 10)"]
+        ref_cost, ref_seconds = ref.points[-1][1], ref.points[-1][0]
+        ax = fig.add_subplot(1, len(tables), p + 1)
+        for label, curve in found.items():
+            t, c = zip(*curve.points)
+            ax.step(t, [x / scale for x in c], where="post", label=label)
+            reach = curve.time_to(ref_cost)
+            rows.append({"matrix": name, "k": k, "j": j, "method": label, "seconds": curve.points[-1][0],
+                         "final_cost": curve.points[-1][1], "relative_cost": curve.points[-1][1] / scale,
+                         "seconds_to_reference_cost": reach,
+                         "speedup_to_reference_cost": None if reach is None else ref_seconds / reach,
+                         "points": curve.points})
+        ax.set_xscale("log")
+        ax.set_xlabel("seconds (2 cores)")
+        ax.set_ylabel("best relative cost so far")
+        ax.set_title(f"{name}, k=3, j={j}")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(Path(__file__).parent / "results" / "em_time_to_cost.png", dpi=120)
+    table = Table(title="time to cost: reference (its defaults) vs messi, k=3, 40%")
+    for col in ("matrix", "method", "seconds", "relative cost", "s to reference's cost", "speed-up"):
+        table.add_column(col)
+    for r in rows:
+        reach = r["seconds_to_reference_cost"]
+        table.add_row(r["matrix"], r["method"], f"{r['seconds']:.2f}", f"{r['relative_cost']:.5f}",
+                      "never" if reach is None else f"{reach:.2f}",
+                      "-" if reach is None else f"{r['speedup_to_reference_cost']:.1f}x")
+    Console().print(table)
+    write_json(Path(__file__).parent / "results" / "em_time_to_cost.json", rows)
+
+
 def main() -> None:
+    import sys
+
+    if sys.argv[1:2] == ["curves"]:
+        return curves()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--matrices", choices=("default", "mpnet"), default="default",
@@ -99,7 +213,9 @@ def main() -> None:
             j = rank_for_ratio(n, d, k, 0.4)
             An = A.numpy().astype(np.float32)
             ref_s, ref_cost = time_it(lambda: reference_em(An, k, j, args.steps, np.random.default_rng(0)), 1)
-            pc = ProjectiveClustering(k, j, n_init=1, max_iter=args.steps, tol=-1.0, init="random", seed=0)
+            # the same work as the reference: one random split, every step on every row
+            pc = ProjectiveClustering(k, j, n_init=1, max_iter=args.steps, tol=-1.0, init="random", seed=0,
+                                      init_size=None)
             ours_s, fitted = time_it(lambda: pc.fit(A), args.repeats)
             ours_step = ours_s / fitted.n_iter_
             ref_step = ref_s / args.steps

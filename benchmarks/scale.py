@@ -56,7 +56,7 @@ def count_em_steps():
 def compress_defaults() -> dict:
     """messi.compress's own defaults (k, ratio and the clustering settings), read from its signature."""
     params = inspect.signature(messi.compress).parameters
-    return {name: params[name].default for name in ("k", "ratio", "seed", "n_init", "max_iter", "tol")}
+    return {name: params[name].default for name in ("k", "ratio", "seed", "n_init", "max_iter", "tol", "init_size")}
 
 
 def worker(shape: str) -> dict:

@@ -488,7 +488,7 @@ def test_seeding_is_reproducible_and_weighted():
 @pytest.mark.parametrize("kwargs, words", [
     (dict(delta=0.0), "^delta must"), (dict(delta=-1.0), "^delta must"), (dict(delta=float("nan")), "^delta must"),
     (dict(max_iter=0), "^max_iter must"), (dict(n_init=0), "^n_init must"), (dict(tol=float("inf")), "^tol must"),
-    (dict(seed=-1), "^seed must")])
+    (dict(seed=-1), "^seed must"), (dict(init_size=0), "^init_size must"), (dict(init_size=2.5), "^init_size must")])
 def test_bad_settings_name_the_setting(kwargs, words):
     X, _ = planted(n_per=10, k=2, j=1, d=4, seed=0)
     with pytest.raises(MessiError, match=words):
@@ -542,8 +542,8 @@ def test_the_progress_bar_counts_every_planned_step_and_shows_the_best_cost(monk
 
 def test_the_documented_defaults():
     m = ProjectiveClustering()
-    got = (m.n_clusters, m.rank, m.n_init, m.max_iter, m.tol, m.init, m.seed, m.loss, m.delta, m.verbose)
-    assert got == (3, 2, 4, 50, 1e-4, "kmeans", 0, "l2", None, False)
+    got = (m.n_clusters, m.rank, m.n_init, m.max_iter, m.tol, m.init, m.seed, m.loss, m.delta, m.init_size, m.verbose)
+    assert got == (3, 2, 4, 50, 1e-4, "kmeans", 0, "l2", None, 32768, False)
 
 
 def test_bad_rows_are_counted_and_the_matrix_named():
@@ -854,3 +854,74 @@ def test_the_fit_gives_the_cores_back_to_torch(monkeypatch):
     with pytest.raises(RuntimeError):
         ProjectiveClustering(2, 2, n_init=1, max_iter=3).fit(X)
     assert torch.get_num_threads() == threads
+
+
+# --- restarts on a sample of the rows ----------------------------------------------------------------
+
+
+def _spy_on_runs(monkeypatch):
+    """Record the number of rows and the weights of every EM run a fit makes."""
+    runs = []
+    lloyd = ProjectiveClustering._lloyd
+
+    def spy(self, X, sq_norms, labels, bar, sample_weight=None):
+        run = lloyd(self, X, sq_norms, labels, bar, sample_weight)
+        runs.append((X.shape[0], sample_weight, run))
+        return run
+
+    monkeypatch.setattr(ProjectiveClustering, "_lloyd", spy)
+    return runs
+
+
+def test_restarts_run_on_a_sample_and_the_best_is_refined_on_every_row(monkeypatch):
+    X, _ = planted(k=3, n_per=200, j=2, d=6, noise=0.05, seed=12)
+    runs = _spy_on_runs(monkeypatch)
+    pc = ProjectiveClustering(3, 2, n_init=3, init_size=150, seed=0).fit(X)
+    assert [r[0] for r in runs] == [150, 150, 150, 600]
+    best_start = min(runs[:3], key=lambda r: r[2].cost)[2]
+    refined = runs[3][2]
+    # the refinement starts from the best sampled run's subspaces, and is what the fit returns
+    assert pc.cost_ == refined.cost and pc.cost_history_ == refined.history
+    assert torch.equal(pc.labels_, refined.labels) and pc.labels_.shape == (600,)
+    assert pc.cost_ == pytest.approx(recomputed_cost(X, pc.bases_, pc.labels_), rel=1e-9)
+    first = assign(X, best_start.bases)[0]
+    assert refined.history[0] <= recomputed_cost(X, best_start.bases, first) * (1 + 1e-9)
+    assert pc.cost_ < 1e-2 * float(X.square().sum())  # the planted subspaces are found
+
+
+def test_the_sample_keeps_the_weights_of_its_rows(monkeypatch):
+    X, _ = planted(k=2, n_per=100, j=2, d=5, noise=0.05, seed=13)
+    w = torch.rand(len(X), dtype=torch.float64, generator=torch.Generator().manual_seed(1)) + 0.1
+    runs = _spy_on_runs(monkeypatch)
+    ProjectiveClustering(2, 2, n_init=2, init_size=80, seed=3).fit(X, sample_weight=w)
+    sample = torch.randperm(len(X), generator=torch.Generator().manual_seed(3))[:80]
+    assert torch.equal(runs[0][1], w[sample]) and torch.equal(runs[2][1], w)
+
+
+def test_small_matrices_and_init_size_none_restart_on_every_row(monkeypatch):
+    X, _ = planted(k=2, n_per=100, j=2, d=5, noise=0.05, seed=14)
+    runs = _spy_on_runs(monkeypatch)
+    a = ProjectiveClustering(2, 2, n_init=2, init_size=200, seed=0).fit(X)
+    b = ProjectiveClustering(2, 2, n_init=2, init_size=None, seed=0).fit(X)
+    assert [r[0] for r in runs] == [200] * 4
+    assert torch.equal(a.bases_, b.bases_) and a.cost_ == b.cost_
+
+
+def test_a_sample_without_weight_falls_back_to_every_row(monkeypatch):
+    X, _ = planted(k=2, n_per=100, j=2, d=5, noise=0.05, seed=15)
+    w = torch.zeros(len(X), dtype=torch.float64)
+    w[torch.randperm(len(X), generator=torch.Generator().manual_seed(0))[150:]] = 1.0  # outside the sample
+    runs = _spy_on_runs(monkeypatch)
+    ProjectiveClustering(2, 2, n_init=2, init_size=150, seed=0).fit(X, sample_weight=w)
+    assert [r[0] for r in runs] == [200, 200]
+
+
+def test_the_progress_bar_plans_the_refinement_too(monkeypatch):
+    import messi.clustering as C
+
+    monkeypatch.setattr(C, "tqdm", _Bar)
+    X, _ = planted(k=2, n_per=100, j=2, d=5, noise=0.05, seed=16)
+    m = ProjectiveClustering(2, 2, n_init=3, max_iter=7, init_size=50, verbose=True).fit(X)
+    bar = _Bar.made[-1]
+    assert bar.kwargs["total"] == (3 + 1) * 7 and bar.n == bar.kwargs["total"]
+    assert float(bar.postfix["best_cost"]) == pytest.approx(m.cost_, rel=1e-4)  # the refined cost

@@ -298,8 +298,8 @@ def test_a_tied_head_is_switched_to_the_factored_table(tmp_path):
 def test_compress_records_its_documented_defaults_and_is_quiet(capsys):
     model = messi.compress(tiny_model())
     info = model.messi_config
-    assert (info["method"], info["k"], info["seed"], info["n_init"], info["max_iter"], info["tol"], info["loss"]) == \
-        ("messi", 3, 0, 4, 50, 1e-4, "l2")
+    assert (info["method"], info["k"], info["seed"], info["n_init"], info["max_iter"], info["tol"], info["loss"],
+            info["init_size"]) == ("messi", 3, 0, 4, 50, 1e-4, "l2", 32768)
     assert info["ratio"] == 0.4 and info["target"] == "embedding" and capsys.readouterr().err == ""
     assert info["messi_version"] == messi.__version__ and "calibration" not in info
 

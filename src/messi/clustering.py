@@ -398,6 +398,11 @@ class ProjectiveClustering:
         losses refit by iteratively reweighted least squares (IRLS) and damp outlier rows.
     delta : float or None
         Huber's threshold; None takes the median row distance of each run's first fit.
+    init_size : int or None
+        On matrices with more rows than this, the restarts are seeded and run on a random sample
+        of ``init_size`` rows (weights kept) and only the best of them is refined on all rows, so
+        that restarts cost a fraction of a full fit on large vocabularies (scikit-learn's
+        ``MiniBatchKMeans`` has the same setting). None: restarts on all rows.
     verbose : bool
         Show a progress bar over the EM steps.
 
@@ -413,7 +418,8 @@ class ProjectiveClustering:
     n_iter_ : int
         EM steps of the kept run.
     cost_history_ : list of float
-        Cost after every refit of the kept run (non-increasing up to rounding).
+        Cost after every refit of the kept run (non-increasing up to rounding); with a sampled
+        start, of the refinement on all rows.
 
     Examples
     --------
@@ -424,7 +430,7 @@ class ProjectiveClustering:
 
     def __init__(self, n_clusters: int = 3, rank: int = 2, n_init: int = 4, max_iter: int = 50,
                  tol: float = 1e-4, init: str = "kmeans", seed: int = 0, loss: str = "l2",
-                 delta: float | None = None, verbose: bool = False):
+                 delta: float | None = None, init_size: int | None = 32768, verbose: bool = False):
         self.n_clusters = n_clusters
         self.rank = rank
         self.n_init = n_init
@@ -434,6 +440,7 @@ class ProjectiveClustering:
         self.seed = seed
         self.loss = loss
         self.delta = delta
+        self.init_size = init_size
         self.verbose = verbose
 
     def _check(self, X: torch.Tensor) -> None:
@@ -452,6 +459,8 @@ class ProjectiveClustering:
             raise MessiError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.delta is not None:
             checks.real("delta", self.delta, 0, low_open=True)
+        if self.init_size is not None:
+            checks.integer("init_size", self.init_size, 1)
 
     def fit(self, A, sample_weight=None) -> "ProjectiveClustering":
         """Fit the subspaces to the rows of ``A`` (n, d): a torch tensor or a numpy array.
@@ -466,15 +475,21 @@ class ProjectiveClustering:
         k, j = int(self.n_clusters), int(self.rank)
         sq_norms = X.square().sum(1)
         gen = torch.Generator().manual_seed(int(self.seed))
+        sample = self._start_sample(X.shape[0], w, gen, X.device)
+        Xs, sq_s, ws = (X, sq_norms, w) if sample is None else (X[sample], sq_norms[sample], None if w is None else w[sample])
         # equal weights seed exactly like no weights: the same seed gives the same start
-        seed_w = None if w is None or bool((w == w[0]).all()) else w
+        seed_w = None if ws is None or bool((ws == ws[0]).all()) else ws
         best: _Run | None = None
-        with tqdm(total=self.n_init * self.max_iter, desc=f"projective clustering k={k} j={j}",
-                  disable=not self.verbose, unit="step") as bar, cores_to_blas(X.device):
+        steps = (self.n_init + (sample is not None)) * self.max_iter
+        with tqdm(total=steps, desc=f"projective clustering k={k} j={j}", disable=not self.verbose,
+                  unit="step") as bar, cores_to_blas(X.device):
             for _ in range(self.n_init):
-                run = self._lloyd(X, sq_norms, _seed(X, k, j, self.init, gen, seed_w), bar, w)
+                run = self._lloyd(Xs, sq_s, _seed(Xs, k, j, self.init, gen, seed_w), bar, ws)
                 if best is None or run.cost < best.cost:
                     best = run
+                bar.set_postfix(best_cost=f"{best.cost:.5g}")
+            if sample is not None:  # the best start, refined on every row
+                best = self._lloyd(X, sq_norms, assign(X, best.bases, sq_norms)[0], bar, w)
                 bar.set_postfix(best_cost=f"{best.cost:.5g}")
         self.bases_ = best.bases.to(X.dtype)
         self.labels_ = best.labels
@@ -482,6 +497,16 @@ class ProjectiveClustering:
         self.cost_history_ = best.history
         self.n_iter_ = len(best.history)
         return self
+
+    def _start_sample(self, n: int, w: torch.Tensor | None, gen: torch.Generator, device) -> torch.Tensor | None:
+        """Rows (init_size,) the restarts run on, drawn uniformly, or None for all rows (a
+        small matrix, ``init_size`` None, or a sample that would hold no weight)."""
+        if self.init_size is None or n <= self.init_size:
+            return None
+        sample = torch.randperm(n, generator=gen)[: int(self.init_size)].to(device)
+        if w is not None and float(w[sample].sum()) <= 0:
+            return None
+        return sample
 
     def _lloyd(self, X, sq_norms, labels, bar, sample_weight=None) -> _Run:
         """One EM run from ``labels`` until the labels or the cost stop moving.

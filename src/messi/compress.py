@@ -43,7 +43,8 @@ ALLOCATIONS = ("global", "uniform", "shared-rank")
 
 def compress(model: nn.Module, method: str = "messi", ratio: float = 0.4, k: int = 3,
              rank: int | None = None, seed: int = 0, n_init: int = 4, max_iter: int = 50,
-             tol: float = 1e-4, loss: str = "l2", verbose: bool = False, row_weights=None,
+             tol: float = 1e-4, loss: str = "l2", init_size: int | None = 32768, verbose: bool = False,
+             row_weights=None,
              calibration: dict | None = None, target: str = "embedding", allocation: str = "global",
              activations: dict | None = None, inputs: list | None = None,
              activation_aware: bool = True) -> nn.Module:
@@ -59,8 +60,9 @@ def compress(model: nn.Module, method: str = "messi", ratio: float = 0.4, k: int
         global allocation it is the largest k tried per layer (see below).
     rank : dimension j of the subspaces (embedding target only); None picks the largest j
         reaching ``ratio``.
-    seed, n_init, max_iter, tol, loss : settings of the projective clustering (loss: "l2",
-        "l1" or "huber", see ``ProjectiveClustering``).
+    seed, n_init, max_iter, tol, loss, init_size : settings of the projective clustering (loss:
+        "l2", "l1" or "huber"; init_size: restarts on a sample of that many rows of a larger
+        table, None for all rows; see ``ProjectiveClustering``).
     row_weights : optional tensor (n,) of non-negative weights, one per embedding row (e.g.
         ``messi.calibrate(...).weights``): the fit minimises the weighted error. Rows of weight
         0 are still represented (projected on their closest subspace).
@@ -95,7 +97,8 @@ def compress(model: nn.Module, method: str = "messi", ratio: float = 0.4, k: int
         raise MessiError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}")
     k = 1 if method == "svd" else checks.integer("k", k, 1)
     settings = dict(seed=checks.seed("seed", seed), n_init=checks.integer("n_init", n_init, 1),
-                    max_iter=checks.integer("max_iter", max_iter, 1), tol=tol, loss=loss, verbose=verbose)
+                    max_iter=checks.integer("max_iter", max_iter, 1), tol=tol, loss=loss, verbose=verbose,
+                    init_size=None if init_size is None else checks.integer("init_size", init_size, 1))
     params_before = _count_params(model)
     emb = input_embedding(model) if target != "linear" else None
     weights = None if emb is None else check_sample_weight(row_weights, emb.num_embeddings)
@@ -112,6 +115,7 @@ def compress(model: nn.Module, method: str = "messi", ratio: float = 0.4, k: int
                                 settings, activation_aware)
     info.update({
         "seed": settings["seed"], "n_init": settings["n_init"], "max_iter": settings["max_iter"], "tol": tol,
+        "init_size": settings["init_size"],
         "loss": loss if method == "messi" else "l2", "fit_seconds": time.perf_counter() - start,
         "model_params_before": params_before, "model_params_after": _count_params(model),
         "model_class": type(model).__name__, "dtype": _dtype_name(_model_dtype(model)),
