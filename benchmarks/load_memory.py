@@ -1,6 +1,7 @@
 """Peak memory of loading a model: the original against its compressed folders.
 
-Each load runs in a fresh process (peak RSS from getrusage), side by side in one run:
+Each load runs in a fresh process (peak RSS from getrusage, after the load and again after one
+batch through the model), side by side in one run:
 
     python benchmarks/load_memory.py                 # all-MiniLM-L6-v2
     python benchmarks/load_memory.py --model mpnet   # after `messi fetch-model mpnet`
@@ -28,9 +29,14 @@ import torch, messi
 start = time.perf_counter()
 model = messi.load(sys.argv[2]) if sys.argv[1] == "messi" else messi.load_pretrained(sys.argv[2])
 seconds = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 params = sum(p.numel() for p in model.parameters())
-print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "seconds": seconds, "params": params}))
+# then one batch (8 x 128 token ids, seeded): what a model that is used holds
+ids = torch.randint(1000, model.config.vocab_size, (8, 128), generator=torch.Generator().manual_seed(0))
+with torch.no_grad():
+    model(input_ids=ids, attention_mask=torch.ones_like(ids))
+print(json.dumps({"peak_rss_mb": peak, "seconds": seconds, "params": params,
+                  "peak_rss_after_batch_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 BASELINE = """
@@ -55,7 +61,8 @@ def main() -> None:
     rows = []
     base = json.loads(subprocess.run([sys.executable, "-c", BASELINE], capture_output=True, text=True,
                                      check=True).stdout.strip().splitlines()[-1])
-    rows.append({"model": "python + torch + transformers imported", **base, "seconds": 0.0, "params": 0})
+    rows.append({"model": "python + torch + transformers imported", **base, "seconds": 0.0, "params": 0,
+                 "peak_rss_after_batch_mb": base["peak_rss_mb"]})
     rows.append({"model": f"original ({args.model})", **measure("original", args.model)})
     with tempfile.TemporaryDirectory() as tmp:
         for ratio in [float(r) for r in args.ratios.split(",")]:
@@ -66,11 +73,13 @@ def main() -> None:
                                 str(folder)], capture_output=True, check=True)
                 rows.append({"model": f"{method} {ratio:.0%}", **measure("messi", str(folder))})
     table = Table(title=f"peak RSS of loading ({args.model})")
-    for col in ("model", "params", "peak RSS MB", "vs original", "load s"):
+    for col in ("model", "params", "peak RSS MB (load)", "vs original", "peak RSS MB (+ one batch)",
+                "vs original", "load s"):
         table.add_column(col)
-    orig = rows[1]["peak_rss_mb"]
+    orig, orig_batch = rows[1]["peak_rss_mb"], rows[1]["peak_rss_after_batch_mb"]
     for r in rows:
         table.add_row(r["model"], f"{r['params']:,}", f"{r['peak_rss_mb']:.0f}", f"{r['peak_rss_mb'] / orig:.3f}",
+                      f"{r['peak_rss_after_batch_mb']:.0f}", f"{r['peak_rss_after_batch_mb'] / orig_batch:.3f}",
                       f"{r['seconds']:.2f}")
     Console().print(table)
     suffix = "" if args.model == "minilm" else f"_{args.model}"

@@ -374,10 +374,16 @@ def _load_weights(model: nn.Module, file: Path) -> None:
 
     with safe_open(str(file), framework="pt") as f:
         aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
-        # each tensor copied into its own fresh allocation, one at a time: tensors handed out by
-        # the reader can sit at unaligned addresses, where CPU kernels round differently and the
-        # outputs would differ in the last bit from those of the model that was saved
-        state = {name: f.get_tensor(name).clone() for name in f.keys()}
+        names = list(f.keys())
+    state = {}
+    for name in names:
+        # each tensor copied into its own fresh allocation: tensors handed out by the reader can
+        # sit at unaligned addresses, where CPU kernels round differently and the outputs would
+        # differ in the last bit from those of the saved model. The file is mapped again for
+        # every tensor, so that only one tensor's pages are resident beside the copies (peak:
+        # the weights plus the largest tensor, not twice the weights)
+        with safe_open(str(file), framework="pt") as f:
+            state[name] = f.get_tensor(name).clone()
     for name, target in aliases.items():
         state[name] = state[target]
     model.load_state_dict(state, strict=True, assign=True)
