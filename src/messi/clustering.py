@@ -5,8 +5,11 @@ orthonormal basis ``B`` (j x d), ``dist(a)^2 = |a|^2 - |B a|^2``, so the closest
 one that keeps the most energy and every assignment is one matrix product. The fit is the
 EM / Lloyd loop of the MESSI paper (assign rows, refit each subspace from its rows' Gram matrix),
 with a D^2-weighted seeding, restarts, a convergence test and re-seeding of starved clusters.
+The step is made cheap without changing its answer: Gram matrices follow the rows that move,
+and when j > d / 2 distances are norms in the (d - j)-dimensional complements.
 
-Pure torch: it runs on whatever device the input lives on, in float32 or float64.
+Torch tensors throughout: it runs on whatever device the input lives on, in float32 or float64;
+on CPU the big products and eigen-solves go through numpy's BLAS (``_product``).
 """
 
 from __future__ import annotations
@@ -102,11 +105,12 @@ def _product(X: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
 
 def _norms_per_basis(X: torch.Tensor, stacked: torch.Tensor, k: int) -> torch.Tensor:
     """``|B_i a|^2`` (n, k) of the rows of ``X`` (n, d) for k bases stacked as columns (d, k m)."""
+    coords = _product(X, stacked)
     if X.device.type != "cpu":
-        return (X @ stacked).square_().reshape(X.shape[0], k, -1).sum(-1)
-    # numpy: its BLAS (see _product), and einsum squares and sums 5x faster than torch on 1 thread
-    coords = np.matmul(X.numpy(), stacked.numpy()).reshape(X.shape[0], k, -1)
-    return torch.from_numpy(np.einsum("nkm,nkm->nk", coords, coords))
+        return coords.square_().reshape(X.shape[0], k, -1).sum(-1)
+    # einsum squares and sums 5x faster than torch does on the one thread it has in a fit
+    c = coords.numpy().reshape(X.shape[0], k, -1)
+    return torch.from_numpy(np.einsum("nkm,nkm->nk", c, c))
 
 
 def squared_norms_in(X: torch.Tensor, bases: torch.Tensor) -> torch.Tensor:
@@ -189,14 +193,6 @@ def split_spectrum(gram: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.T
     """
     vectors = _eigenvectors(gram)
     return vectors[:, -rank:].flip(-1).T.contiguous(), vectors[:, :-rank].T.contiguous()
-
-
-def top_subspace(gram: torch.Tensor, rank: int) -> torch.Tensor:
-    """Orthonormal basis (rank, d) of the best rank-``rank`` subspace for a Gram matrix (d, d).
-
-    The rows are the leading eigenvectors, largest eigenvalue first.
-    """
-    return split_spectrum(gram, rank)[0]
 
 
 def _subspace_cost(gram: torch.Tensor, basis: torch.Tensor) -> float:
