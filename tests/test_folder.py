@@ -304,6 +304,24 @@ def test_compress_records_its_documented_defaults_and_is_quiet(capsys):
     assert info["messi_version"] == messi.__version__ and "calibration" not in info
 
 
+def test_compress_hands_init_size_to_the_clustering_and_records_it(monkeypatch):
+    import messi.clustering as clustering
+
+    seen = []
+    fit = clustering.ProjectiveClustering.fit
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.init_size)
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(clustering.ProjectiveClustering, "fit", spy)
+    for size in (None, 50):
+        model = messi.compress(tiny_model(), k=2, n_init=1, max_iter=3, init_size=size)
+        assert seen[-1] == size and model.messi_config["init_size"] == size
+    with pytest.raises(messi.MessiError, match="^init_size must"):
+        messi.compress(tiny_model(), init_size=0)
+
+
 def test_compress_records_the_loss_it_used_and_the_fit_time():
     import time
 
