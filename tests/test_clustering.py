@@ -925,3 +925,118 @@ def test_the_progress_bar_plans_the_refinement_too(monkeypatch):
     bar = _Bar.made[-1]
     assert bar.kwargs["total"] == (3 + 1) * 7 and bar.n == bar.kwargs["total"]
     assert float(bar.postfix["best_cost"]) == pytest.approx(m.cost_, rel=1e-4)  # the refined cost
+
+
+# --- escapes of the fast step found by mutation testing ---------------------------------------------
+
+
+def test_distances_over_many_row_blocks_equal_one_product(monkeypatch):
+    import messi.clustering as C
+
+    g = torch.Generator().manual_seed(8)
+    X = torch.randn(103, 6, dtype=torch.float64, generator=g)
+    bases = torch.linalg.qr(torch.randn(3, 6, 2, dtype=torch.float64, generator=g))[0].transpose(1, 2)
+    expected = torch.stack([(X @ B.T).square().sum(1) for B in bases], 1)
+    monkeypatch.setattr(C, "_BLOCK_ELEMENTS", 60)  # 10 rows a block: 11 blocks, the last short
+    got = C.squared_norms_in(X, bases)
+    assert got.shape == (103, 3) and torch.allclose(got, expected, atol=1e-12)
+    assert torch.allclose(C._gram(X), X.T @ X, atol=1e-12)
+
+
+def test_gram_updates_reach_every_cluster_when_k_exceeds_d():
+    from messi.clustering import _move_rows, cluster_grams
+
+    g = torch.Generator().manual_seed(5)
+    X = torch.randn(90, 2, generator=g)
+    old = torch.arange(90) % 5  # k = 5 clusters of 2-D rows
+    new = (old + 1) % 5
+    grams = cluster_grams(X, old, 5)
+    _move_rows(grams, X, old, new)
+    assert torch.allclose(grams, cluster_grams(X, new, 5), atol=1e-10)
+
+
+def test_a_starved_cluster_is_reseeded_from_the_weighted_worst_rows():
+    """Two worst rows, one much heavier: the new subspace (j=1) leans to the heavy one, as the
+    top eigenvector of their weighted Gram matrix does."""
+    from messi.clustering import _refit
+
+    d = 3
+    heavy, light = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64), torch.tensor([0.6, 0.8, 0.0], dtype=torch.float64)
+    X = torch.stack([heavy] * 2 + [light] * 2 + [_e(d, 2)] * 4)
+    labels = torch.tensor([0, 0, 0, 0, 0, 0, 0, 0])  # cluster 1 starved
+    resid = torch.tensor([1.0, 1.0, 1.0, 1.0, 0, 0, 0, 0], dtype=torch.float64)
+    w = torch.tensor([9.0, 9.0, 1.0, 1.0, 1, 1, 1, 1], dtype=torch.float64)
+    bases, _, _ = _refit(X, labels, resid, 2, 1, w)
+    top = torch.arange(4)  # m = max(4j, n // 4k) = 4 worst rows
+    expected = torch.linalg.eigh((X[top] * w[top, None]).T @ X[top])[1][:, -1]
+    assert abs(float(bases[1, 0] @ expected)) == pytest.approx(1.0, abs=1e-9)
+    unweighted = torch.linalg.eigh(X[top].T @ X[top])[1][:, -1]
+    assert abs(float(bases[1, 0] @ unweighted)) < 0.999  # the weights made a difference
+
+
+def test_the_final_refit_of_a_cut_run_reseeds_a_cluster_still_starved():
+    """From every row in one cluster, one step re-seeds both starved clusters with the same
+    subspace, so one of them is still empty when max_iter cuts the run: the final refit must
+    re-seed it again from the (weighted) worst rows, as _refit does by hand."""
+    from tqdm import tqdm
+
+    from messi.clustering import _refit, assign
+
+    X, _ = planted(k=3, n_per=40, j=2, d=6, noise=0.05, seed=21)
+    w = torch.rand(len(X), dtype=torch.float64, generator=torch.Generator().manual_seed(2)) + 0.5
+    for weights in (None, w):
+        pc = ProjectiveClustering(3, 2, n_init=1, max_iter=1)
+        start = torch.zeros(len(X), dtype=torch.long)
+        run = pc._lloyd(X, X.square().sum(1), start, tqdm(disable=True), weights)
+        first, _, _ = _refit(X, start, X.square().sum(1), 3, 2, weights)
+        labels, resid = assign(X, first)
+        assert torch.equal(run.labels, labels)
+        assert int(torch.bincount(labels, minlength=3).min()) == 0  # still starved: the case under test
+        bases, cost, _ = _refit(X, labels, resid, 3, 2, weights)
+        assert torch.allclose(run.bases, bases, atol=1e-9) and run.history[-1] == pytest.approx(cost, rel=1e-9)
+
+
+def test_wide_subspaces_are_assigned_through_their_complements_and_grams_follow_moves(monkeypatch):
+    import messi.clustering as C
+
+    seen, grams_made = [], []
+    assign, cluster_grams = C.assign, C.cluster_grams
+
+    def spy_assign(X, bases, sq_norms=None, complements=None):
+        seen.append((bases.shape[1], None if complements is None else complements.shape[1]))
+        return assign(X, bases, sq_norms, complements)
+
+    def spy_grams(*args, **kwargs):
+        grams_made.append(1)
+        return cluster_grams(*args, **kwargs)
+
+    monkeypatch.setattr(C, "assign", spy_assign)
+    monkeypatch.setattr(C, "cluster_grams", spy_grams)
+    X, _ = planted(k=2, n_per=60, j=4, d=7, noise=0.05, seed=22)
+    for j, complement in ((4, 3), (3, None), (2, None)):  # d - j < j only for j = 4 of d = 7
+        seen.clear(), grams_made.clear()
+        m = ProjectiveClustering(2, j, n_init=1, max_iter=6, tol=-1.0, init="random").fit(X)
+        assert seen and set(seen) == {(j, complement)}
+        assert len(grams_made) == 1  # once per run: later steps update them from the moved rows
+        assert m.n_iter_ >= 2
+
+
+def test_a_start_sample_of_small_but_positive_weight_is_kept(monkeypatch):
+    X, _ = planted(k=2, n_per=100, j=2, d=5, noise=0.05, seed=13)
+    w = torch.full((len(X),), 1e-4, dtype=torch.float64)  # the sample's weights sum to 0.008
+    runs = _spy_on_runs(monkeypatch)
+    ProjectiveClustering(2, 2, n_init=1, init_size=80).fit(X, sample_weight=w)
+    assert [r[0] for r in runs] == [80, 200]
+
+
+def test_init_size_one_is_allowed():
+    X, _ = planted(k=2, n_per=50, j=1, d=3, noise=0.01, seed=3)
+    m = ProjectiveClustering(2, 1, n_init=2, init_size=1).fit(X)
+    assert m.labels_.shape == (100,) and m.cost_ == pytest.approx(recomputed_cost(X, m.bases_, m.labels_), rel=1e-9)
+
+
+def test_weights_are_checked_into_float64():
+    from messi.clustering import check_sample_weight
+
+    for w in (torch.ones(3, dtype=torch.float32), np.ones(3, dtype=np.int64), [1, 2, 3]):
+        assert check_sample_weight(w, 3).dtype == torch.float64

@@ -179,8 +179,11 @@ def test_library_accepts_numpy_scalars_and_rejects_misuse():
         ProjectiveClustering(2, 1).fit(np.array([["a", "b"], ["c", "d"], ["e", "f"]]))
     with pytest.raises(MessiError, match="complex"):
         ProjectiveClustering(2, 1).fit(np.ones((4, 3)) * 1j)
-    big = torch.randn(60, 6, generator=torch.Generator().manual_seed(0)) * 1e20  # float32 Gram would overflow
-    assert np.isfinite(ProjectiveClustering(2, 2, n_init=1).fit(big).cost_)
+    unit = torch.randn(60, 6, generator=torch.Generator().manual_seed(0))
+    big = ProjectiveClustering(2, 2, n_init=1).fit(unit * 1e20)  # float32 squares would overflow
+    small = ProjectiveClustering(2, 2, n_init=1).fit(unit.double())
+    assert np.isfinite(big.cost_) and big.cost_ == pytest.approx(small.cost_ * 1e40, rel=1e-6)
+    assert torch.equal(big.labels_, small.labels_)
 
     model = messi.load_pretrained()
     messi.compress(model, method="svd", ratio=np.float32(0.5))
