@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -91,7 +92,7 @@ def power_law_table(n: int, d: int, seed: int = 0) -> torch.Tensor:
 
 
 class Curve:
-    """Best cost reached so far against seconds since ``start()``: (seconds, cost) points."""
+    """Best cost reached so far against seconds since the curve was made: (seconds, cost) points."""
 
     def __init__(self):
         self.points: list[tuple[float, float]] = []
@@ -193,8 +194,6 @@ def curves() -> None:
 
 
 def main() -> None:
-    import sys
-
     if sys.argv[1:2] == ["curves"]:
         return curves()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
