@@ -417,3 +417,20 @@ def test_compress_records_how_the_source_was_loaded():
     model.messi_load_report = {"class": "BertModel", "reason": "the checkpoint holds a bare encoder"}
     assert messi.compress(model, method="svd").messi_config["source_load"] == model.messi_load_report
     assert "source_load" not in messi.compress(tiny_model(), method="svd").messi_config
+
+
+def test_a_weights_file_without_aliases_metadata_loads(folder):
+    """Files written by other tools (or before aliases were recorded) carry no "aliases" entry:
+    the weights load as they are, with no alias to tie."""
+    from safetensors.torch import load_file, save_file
+
+    from messi.compress import _load_weights
+
+    plain = folder.parent / "plain.safetensors"
+    save_file(load_file(str(folder / "model.safetensors")), str(plain))  # no metadata at all
+    model = messi.load(folder)
+    expected = {name: t.clone() for name, t in model.state_dict().items()}
+    for p in model.parameters():
+        p.data.zero_()
+    _load_weights(model, plain)
+    assert all(torch.equal(model.state_dict()[name], t) for name, t in expected.items())
