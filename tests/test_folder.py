@@ -315,7 +315,7 @@ def test_compress_hands_init_size_to_the_clustering_and_records_it(monkeypatch):
         return fit(self, *args, **kwargs)
 
     monkeypatch.setattr(clustering.ProjectiveClustering, "fit", spy)
-    for size in (None, 50):
+    for size in (None, 50, 1):
         model = messi.compress(tiny_model(), k=2, n_init=1, max_iter=3, init_size=size)
         assert seen[-1] == size and model.messi_config["init_size"] == size
     with pytest.raises(messi.MessiError, match="^init_size must"):
