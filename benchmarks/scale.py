@@ -1,7 +1,8 @@
 """Large vocabularies: the default `messi compress` fit (compress()'s defaults, read from its
-signature: today MESSI k=3, -40%, 4 restarts, up to 50 steps, tol 1e-4) on tables of today's
-large-vocabulary shapes, with seconds, EM steps, seconds per step, peak resident memory and the
-error against SVD at the same size.
+signature: today MESSI k=3, -40%, 4 restarts on a 32,768-row sample, up to 50 steps, tol 1e-4)
+on tables of today's large-vocabulary shapes, with seconds, EM steps (on all rows, and on the
+restarts' sample; the refinement's first assignment counts as one on all rows), peak resident
+memory and the error against SVD at the same size.
 
 Shapes: 151,936 x 896 (Qwen2.5-0.5B's embedding) and 262,144 x 640 (Gemma 3 270M's). No such
 model ships offline here, so the tables are synthetic and documented: Gaussian rows with a
@@ -9,7 +10,7 @@ power-law spectrum (singular values ~ i^-0.5) in a random rotation, seed 0
 (em_speed.power_law_table). Each shape runs in its own fresh process, so that its peak RSS is
 its own.
 
-    python benchmarks/scale.py                    # both shapes, about 5 minutes on 2 cores
+    python benchmarks/scale.py                    # both shapes, about 3 minutes on 2 cores
     python benchmarks/scale.py --shapes 20000x256 # any shapes, to try the script
 """
 
