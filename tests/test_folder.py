@@ -434,3 +434,21 @@ def test_a_weights_file_without_aliases_metadata_loads(folder):
         p.data.zero_()
     _load_weights(model, plain)
     assert all(torch.equal(model.state_dict()[name], t) for name, t in expected.items())
+
+
+def test_a_loaded_model_maps_its_weights_and_training_it_leaves_the_file_intact(folder):
+    """Every parameter of a loaded folder is a view of the mapped weights file (nothing copied at
+    load), and an optimiser step on the loaded model writes to private pages only: the file still
+    matches its sha256, and a second load gives the saved weights."""
+    size = (folder / "model.safetensors").stat().st_size
+    model = messi.load(folder)
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    assert all(p.untyped_storage().nbytes() == size for p in model.parameters())
+    model.train()
+    ids = torch.randint(0, 60, (2, 8), generator=torch.Generator().manual_seed(0))
+    model(input_ids=ids).last_hidden_state.pow(2).mean().backward()
+    torch.optim.SGD(model.parameters(), lr=1.0).step()
+    assert not torch.equal(model.embeddings.word_embeddings.coords, saved["embeddings.word_embeddings.coords"])
+    again = messi.load(folder)  # checks the sha256 recorded at save
+    for name, t in again.state_dict().items():
+        assert torch.equal(t, saved[name]), name

@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 import transformers
 from safetensors import SafetensorError
-from safetensors.torch import save_file
 from torch import nn
 
 from . import __version__
@@ -29,6 +28,7 @@ from .factorize import (METHODS, check_rank, check_ratio, compression, factorize
 from .linear import ORIENTATIONS, FactorizedLinear, ProjectiveLinear
 from .auto import MessiConfig
 from .folder import CONFIG_NAME, WEIGHTS_NAME, check_config, check_weights, embedding_info, read_info, sha256_file
+from .tensorfile import load_tensors, save_aligned
 from .io import atomic_dir, check_writable_target, write_json
 from .layers import FactorizedEmbedding, ProjectiveEmbedding, _LowRankEmbedding
 from .targets import (EMBEDDING, check_target, empty_linear, input_embedding, install_embedding, install_linear,
@@ -360,7 +360,7 @@ def _save_weights(model: nn.Module, file: Path) -> None:
         else:
             seen[key] = name
             tensors[name] = t.detach().contiguous()
-    save_file(tensors, str(file), metadata={"format": "pt", "aliases": json.dumps(aliases)})
+    save_aligned(tensors, file, metadata={"format": "pt", "aliases": json.dumps(aliases)})
 
 
 def _load_weights(model: nn.Module, file: Path) -> None:
@@ -368,22 +368,11 @@ def _load_weights(model: nn.Module, file: Path) -> None:
     no other (so no parameter is left on the meta device).
 
     The file's tensors become the model's (``assign``: parameters built on the meta device are
-    never materialised first), and names saved as aliases of one tensor are tied again.
+    never materialised first), mapped from the file where it is aligned (``tensorfile``), and
+    names saved as aliases of one tensor are tied again.
     """
-    from safetensors import safe_open
-
-    with safe_open(str(file), framework="pt") as f:
-        aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
-        names = list(f.keys())
-    state = {}
-    for name in names:
-        # each tensor copied into its own fresh allocation: tensors handed out by the reader can
-        # sit at unaligned addresses, where CPU kernels round differently and the outputs would
-        # differ in the last bit from those of the saved model. The file is mapped again for
-        # every tensor, so that only one tensor's pages are resident beside the copies (peak:
-        # the weights plus the largest tensor, not twice the weights)
-        with safe_open(str(file), framework="pt") as f:
-            state[name] = f.get_tensor(name).clone()
+    state, metadata = load_tensors(file)
+    aliases = json.loads(metadata.get("aliases", "{}"))
     for name, target in aliases.items():
         state[name] = state[target]
     model.load_state_dict(state, strict=True, assign=True)
@@ -447,12 +436,15 @@ def _install_structure(model: nn.Module, info: dict) -> None:
     emb_info = embedding_info(info)
     if emb_info is not None:
         w = input_embedding(model).weight
-        install_embedding(model, empty_layer(emb_info).to(device=w.device, dtype=w.dtype),
-                          emb_info.get("tied_output", False))
+        with torch.device(w.device):  # on the meta device, the zeros are never allocated
+            layer = empty_layer(emb_info).to(dtype=w.dtype)
+        install_embedding(model, layer, emb_info.get("tied_output", False))
     for entry in info.get("linear_layers", []):
         if entry["method"] != "dense":
             w = model.get_submodule(entry["name"]).weight
-            install_linear(model, entry["name"], empty_linear(entry).to(device=w.device, dtype=w.dtype))
+            with torch.device(w.device):
+                layer = empty_linear(entry).to(dtype=w.dtype)
+            install_linear(model, entry["name"], layer)
 
 
 def install_empty(model: nn.Module, info: dict) -> nn.Module:
