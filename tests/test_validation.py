@@ -64,9 +64,31 @@ def test_sweep_options(tmp_path, args, words):
     (["--seed", str(2**70)], ["--seed"]),
     (["--k", "0"], ["--k"]),
     (["--n-init", "0"], ["--n-init"]),
+    (["--init-size", "-1"], ["--init-size"]),
 ])
 def test_compress_options(tmp_path, args, words):
     one_line_error(cli("compress", *args, tmp_path / "o"), *words)
+
+
+@pytest.mark.parametrize("given, passed", [(None, 32768), ("100", 100), ("0", None)])
+def test_compress_hands_init_size_to_the_clustering(tmp_path, monkeypatch, given, passed):
+    """--init-size reaches messi.compress (0: every restart on all rows), default as the library's."""
+    import importlib
+
+    module = importlib.import_module("messi.compress")  # the package's name "compress" is the function
+    seen = {}
+    real = module.compress
+
+    def spy(model, **kw):
+        seen.update(kw)
+        return real(model, **kw)
+
+    monkeypatch.setattr(module, "compress", spy)
+    args = ["--init-size", given] if given is not None else []
+    result = cli("compress", "--method", "svd", "--ratio", "0.5", *args, tmp_path / "o")
+    assert result.exit_code == 0, result.output
+    assert seen["init_size"] == passed
+    assert json.loads((tmp_path / "o" / "messi.json").read_text())["init_size"] == passed
 
 
 def test_compress_output_under_a_file_fails_before_work(tmp_path):

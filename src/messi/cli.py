@@ -110,6 +110,8 @@ def compress(
     seed: int = typer.Option(0, "--seed", help="Seed of the clustering."),
     n_init: int = typer.Option(4, "--n-init", help="Clustering restarts; the lowest cost wins."),
     max_iter: int = typer.Option(50, "--max-iter", help="Most EM steps per restart."),
+    init_size: int = typer.Option(32768, "--init-size", help="Tables with more rows run the restarts on a sample "
+                                  "of this many rows, then refine the best on all; 0: every restart on all rows."),
     loss: str = typer.Option("l2", "--loss", help="Clustering loss of a row's distance: l2, l1 or huber (robust, IRLS)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT_DIR if it exists."),
     calibration: Optional[list[str]] = typer.Option(
@@ -142,6 +144,7 @@ def compress(
     checks.seed("--seed", seed)
     checks.integer("--n-init", n_init, 1, 1000)
     checks.integer("--max-iter", max_iter, 1, 100_000)
+    checks.integer("--init-size", init_size, 0)
     if loss not in ("l2", "l1", "huber"):
         raise MessiError(f"--loss must be l2, l1 or huber, got {loss!r}")
     if rank is not None:
@@ -171,8 +174,8 @@ def compress(
                         text_column, weight_alpha, weight_power, texts=texts)
         if target != "embedding":
             inputs = calibration_batches(tokenizer, texts)
-    compress_model(net, method=method, ratio=ratio, k=k, rank=rank, seed=seed, n_init=n_init,
-                   max_iter=max_iter, loss=loss, verbose=True, row_weights=None if cal is None else cal.weights,
+    compress_model(net, method=method, ratio=ratio, k=k, rank=rank, seed=seed, n_init=n_init, max_iter=max_iter,
+                   init_size=init_size or None, loss=loss, verbose=True, row_weights=None if cal is None else cal.weights,
                    calibration=None if cal is None else cal.record(), target=target, allocation=allocation,
                    inputs=inputs)
     save(net, out_dir, tokenizer=tokenizer, extra={"source_model": str(model or DEFAULT_MODEL)},
