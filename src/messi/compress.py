@@ -488,8 +488,7 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None) -> n
     if missing:
         raise MessiError(f"{path}/messi.json names the layer {missing[0]}, which {info['model_class']} does not "
                          "have as an nn.Linear; the folder is damaged, re-run `messi compress`")
-    with init_empty_weights(include_buffers=False):
-        _install_structure(model, info)
+    _install_structure(model, info)  # its empty factors on the meta device too
     model.to(getattr(torch, info.get("dtype", "float32")))  # the saved precision: identical outputs
     try:
         _load_weights(model, weights)
