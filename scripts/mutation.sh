@@ -29,8 +29,9 @@ declare -A GUARD=(
   [report]="src/messi/glue/report.py|tests/glue/test_report.py"
   [linear]="src/messi/linear.py|tests/test_linear.py tests/test_whole_model.py"
   [allocate]="src/messi/allocate.py|tests/test_allocate.py"
+  [tensorfile]="src/messi/tensorfile.py|tests/test_tensorfile.py tests/test_folder.py tests/test_compress.py"
 )
-ALL=(metrics report factorize layers clustering compress linear allocate)
+ALL=(metrics report factorize layers clustering compress linear allocate tensorfile)
 
 score() {
   "$PY" "$ROOT/scripts/mutation_score.py" "$ROOT/scripts/mutation_equivalent.txt" "$WORK"/*/results.txt \
