@@ -29,7 +29,7 @@ declare -A GUARD=(
   [report]="src/messi/glue/report.py|tests/glue/test_report.py"
   [linear]="src/messi/linear.py|tests/test_linear.py tests/test_whole_model.py"
   [allocate]="src/messi/allocate.py|tests/test_allocate.py"
-  [tensorfile]="src/messi/tensorfile.py|tests/test_tensorfile.py tests/test_folder.py tests/test_compress.py"
+  [tensorfile]="src/messi/tensorfile.py|tests/test_tensorfile.py"
 )
 ALL=(metrics report factorize layers clustering compress linear allocate tensorfile)
 
