@@ -20,7 +20,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from messi.calibration import DEFAULT_SOURCES
+from messi.calibration import DEFAULT_OUTPUT_TEXTS, DEFAULT_SOURCES
 from messi.evaluate import sts_pairs
 from messi.sts_study import Setting, Study, plot, table
 
@@ -74,6 +74,22 @@ def select(args) -> None:
     console.print(f"default weighting: alpha {best_rule[0]:g}, power {best_rule[1]:g}; default k: {best_k}")
 
 
+def select_metric(args) -> None:
+    """Whether fitting under the output metric helps, and on how many texts, on train pairs."""
+    study = Study(None, train_pairs(), RESULTS / "sts_select.json", n_init=args.n_init)
+    sizes, ratios, methods = (0, 250, 1000, 4000), (0.6, 0.8), (("svd", 1), ("messi", 5))
+    settings = [Setting(m, r, k, OTHER, output_texts=t) for t in sizes for m, k in methods for r in ratios]
+    records = {r["key"]: r for r in study.run(settings)}
+    ref = study.uncompressed()
+    console.print(f"STS-B train subset ({len(study.pairs[2])} pairs), uncompressed {ref['spearman']:.2f}; "
+                  "calibrated (default weighting), output metric on N of the calibration texts (0: none)")
+    for t in sizes:
+        cells = [records[Setting(m, r, k, OTHER, output_texts=t).key] for m, k in methods for r in ratios]
+        console.print(f"N={t}: " + ", ".join(f"{c['method']} k={c['k']} {c['ratio']:.0%} {c['spearman']:.2f}"
+                                             for c in cells)
+                      + f"  mean {statistics.mean(c['spearman'] for c in cells):.2f}")
+
+
 def curve(args) -> None:
     """The reported curve on dev, with the defaults chosen by ``select``."""
     reference = calibration_counts(None)
@@ -83,8 +99,11 @@ def curve(args) -> None:
     settings = [Setting("svd", r) for r in ratios] + [Setting("svd", r, 1, OTHER, a, p) for r in ratios]
     for k in (2, 3, 5, 8):
         settings += [Setting("messi", r, k) for r in ratios] + [Setting("messi", r, k, OTHER, a, p) for r in ratios]
-    in_domain = [Setting("svd", r, 1, IN_DOMAIN, a, p) for r in (0.4, 0.6, 0.8)]
-    in_domain += [Setting("messi", r, args.k, IN_DOMAIN, a, p) for r in (0.4, 0.6, 0.8)]
+    t = DEFAULT_OUTPUT_TEXTS  # the output-aware rows: what `messi compress --calibration` does by default
+    settings += [Setting("svd", r, 1, OTHER, a, p, t) for r in ratios]
+    settings += [Setting("messi", r, args.k, OTHER, a, p, t) for r in ratios]
+    in_domain = [Setting(m, r, k, IN_DOMAIN, a, p, out) for out in (0, t) for m, k in (("svd", 1), ("messi", args.k))
+                 for r in (0.4, 0.6, 0.8)]
     records = study.run(settings + in_domain)
     ref = study.uncompressed()
     main = records[: len(settings)]
@@ -92,6 +111,8 @@ def curve(args) -> None:
     console.print(table(main, ref))
     console.print("in-domain calibration (STS-B train texts):")
     console.print(table(records[len(settings):], ref))
+    console.print("weighted / output-side rel_error of the calibrated rows:")
+    console.print(table([r for r in main if r["calibration"]], ref, columns=("weighted_rel_error", "output_rel_error")))
     console.print("rel_error of rows unseen / seen in the 'other' calibration text:")
     console.print(table([r for r in main if r["method"] == "svd" or r["k"] == args.k], ref,
                         columns=("unseen_rel_error", "seen_rel_error")))
@@ -106,6 +127,9 @@ def mpnet(args) -> None:
     ratios, a, p = (0.4, 0.6, 0.8), args.alpha, args.power
     settings = [Setting("svd", r) for r in ratios] + [Setting("svd", r, 1, OTHER, a, p) for r in ratios]
     settings += [Setting("messi", r, args.k) for r in ratios] + [Setting("messi", r, args.k, OTHER, a, p) for r in ratios]
+    t = DEFAULT_OUTPUT_TEXTS
+    settings += [Setting("svd", r, 1, OTHER, a, p, t) for r in ratios] + [Setting("messi", r, args.k, OTHER, a, p, t)
+                                                                         for r in ratios]
     records = study.run(settings)
     ref = study.uncompressed()
     console.print(f"all-mpnet-base-v2, STS-B dev, uncompressed {ref['spearman']:.2f}")
@@ -118,13 +142,13 @@ def main() -> None:
     from messi.calibration import DEFAULT_ALPHA, DEFAULT_POWER
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=("select", "curve", "mpnet"))
+    parser.add_argument("stage", choices=("select", "select-metric", "curve", "mpnet"))
     parser.add_argument("--n-init", type=int, default=4, help="clustering restarts (messi compress default: 4)")
     parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="weighting alpha for the curve")
     parser.add_argument("--power", type=float, default=DEFAULT_POWER, help="weighting power for the curve")
     parser.add_argument("--k", type=int, default=5, help="MESSI k for in-domain and mpnet rows")
     args = parser.parse_args()
-    {"select": select, "curve": curve, "mpnet": mpnet}[args.stage](args)
+    {"select": select, "select-metric": select_metric, "curve": curve, "mpnet": mpnet}[args.stage](args)
 
 
 if __name__ == "__main__":

@@ -167,3 +167,81 @@ def test_model_outputs_are_a_classifiers_logits_and_an_encoders_real_token_state
     assert torch.equal(model_outputs(classifier, batches), logits)
     assert model_outputs(classifier.bert, batches).shape == (8, 8)
     assert torch.equal(model_outputs(classifier.bert, batches), states)
+
+
+def _exact_probe_metric(model, batch, out_fn, seed=0):
+    """The output metric computed the long way: every token's full Jacobian (out, d) by
+    torch.autograd.functional.jacobian, times the same seeded probe, summed as g g^T."""
+    emb = model.get_input_embeddings()
+    with torch.no_grad():
+        rows = emb(batch["input_ids"])
+    out_shape = out_fn(rows).shape
+    z = torch.randn(out_shape, generator=torch.Generator().manual_seed(seed))
+    J = torch.autograd.functional.jacobian(out_fn, rows)  # (texts, out, texts, tokens, d)
+    total, tokens = torch.zeros(rows.shape[-1], rows.shape[-1], dtype=torch.float64), 0
+    for i in range(rows.shape[0]):
+        for t in range(rows.shape[1]):
+            if batch["attention_mask"][i, t]:
+                g = (z.unsqueeze(-1) * J[:, :, i, t, :]).sum((0, 1)).double()
+                total += torch.outer(g, g)
+                tokens += 1
+    return total / tokens
+
+
+def test_output_sensitivity_equals_the_jacobian_computed_the_long_way():
+    """Oracle on a tiny BERT, both outputs: mean-pooled normalised sentence embeddings of an
+    encoder, and a classifier's logits; padding tokens do not count."""
+    import transformers
+
+    from messi.calibration import output_sensitivity
+    from messi.evaluate import Pooling
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=40, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=16, num_labels=3)
+    ids = torch.randint(1, 40, (2, 5))
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    batch = {"input_ids": ids, "attention_mask": mask}
+    classifier = transformers.BertForSequenceClassification(config).eval()
+    encoder = classifier.bert
+
+    def sentence(rows):
+        hidden = encoder(inputs_embeds=rows, attention_mask=mask)[0]
+        m = mask.unsqueeze(-1).float()
+        return torch.nn.functional.normalize((hidden * m).sum(1) / m.sum(1), dim=-1)
+
+    def logits(rows):
+        return classifier(inputs_embeds=rows, attention_mask=mask).logits
+
+    got = output_sensitivity(encoder, [batch], Pooling("mean", True))
+    assert torch.allclose(got, _exact_probe_metric(encoder, batch, sentence), rtol=1e-4, atol=1e-9)
+    got = output_sensitivity(classifier, [batch])
+    assert torch.allclose(got, _exact_probe_metric(classifier, batch, logits), rtol=1e-4, atol=1e-9)
+    assert got.shape == (8, 8) and torch.allclose(got, got.T) and float(torch.linalg.eigvalsh(got).min()) > -1e-12
+    assert classifier.training is False and all(p.grad is None for p in classifier.parameters())
+
+
+def test_output_metric_predicts_what_the_real_model_feels(minilm_dir, tokenizer):
+    """On all-MiniLM-L6-v2 and real RTE text: moving every embedding row a little along the
+    metric's top eigenvector changes the sentence embeddings far more than the same move along
+    its bottom one; and the metric is deterministic for a seed."""
+    from messi.calibration import calibration_batches, output_sensitivity
+    from messi.evaluate import encode, read_pooling
+
+    model = messi.load_pretrained(minilm_dir)
+    pooling = read_pooling(minilm_dir)
+    texts = read_texts("glue:rte")[:64]
+    G = output_sensitivity(model, calibration_batches(tokenizer, texts, max_texts=64), pooling)
+    assert torch.equal(G, output_sensitivity(model, calibration_batches(tokenizer, texts, max_texts=64), pooling))
+    _, Q = torch.linalg.eigh(G)
+    reference = encode(model, tokenizer, texts, pooling)
+    emb = model.get_input_embeddings()
+    saved = emb.weight.data.clone()
+
+    def change(direction):
+        emb.weight.data = saved + 0.05 * saved.norm(dim=1, keepdim=True) * direction.float()
+        moved = encode(model, tokenizer, texts, pooling)
+        emb.weight.data = saved
+        return float((moved - reference).square().sum())
+
+    assert change(Q[:, -1]) > 10 * change(Q[:, 0])

@@ -99,7 +99,8 @@ def test_help_everywhere():
 def test_calibrated_compress_then_eval_sts(tmp_path):
     out = tmp_path / "cal"
     result = run("compress", "--method", "messi", "--k", "3", "--ratio", "0.6", "--n-init", "1",
-                 "--max-iter", "5", "--calibration", "glue:rte", "--calibration", "glue:wnli", out)
+                 "--max-iter", "5", "--calibration", "glue:rte", "--calibration", "glue:wnli", "--output-texts", "64",
+                 out)
     assert result.returncode == 0, result.stderr
     info = json.loads((out / "messi.json").read_text())
     cal = info["calibration"]
@@ -108,6 +109,9 @@ def test_calibrated_compress_then_eval_sts(tmp_path):
     from messi.calibration import DEFAULT_ALPHA, DEFAULT_POWER
     assert cal["weighting"]["alpha"] == DEFAULT_ALPHA and cal["weighting"]["power"] == DEFAULT_POWER
     assert 0 < info["weighted_rel_error"] < info["rel_error"]
+    assert cal["output_metric"]["texts"] == 64
+    assert cal["output_metric"]["output"] == "sentence embedding (mean pooling, normalised)"
+    assert 0 < info["output_rel_error"] < 1
     assert (out / "modules.json").is_file()
     scored = run("eval-sts", out, "--json")
     assert scored.returncode == 0, scored.stderr
@@ -133,6 +137,8 @@ def test_bad_calibration_is_one_line(tmp_path, source, extra, words):
     assert not (tmp_path / "out").exists()
 
 
-def test_bad_weighting_fails_before_loading(tmp_path):
+def test_bad_weighting_or_output_texts_fail_before_loading(tmp_path):
+    assert_one_line_error(run("compress", "--calibration", "glue:rte", "--output-texts", "-1", tmp_path / "o"),
+                          "--output-texts")
     assert_one_line_error(run("compress", "--calibration", "glue:rte", "--weight-alpha", "0", tmp_path / "o"),
                           "--weight-alpha")

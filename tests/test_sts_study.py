@@ -15,13 +15,16 @@ def study_dir(tmp_path_factory):
 
 def test_cells_are_scored_once_and_resumed(study_dir, monkeypatch):
     pairs = sts_pairs("dev", limit=30)
-    settings = [Setting("svd", 0.5), Setting("svd", 0.5, 1, ("glue:wnli",))]
+    settings = [Setting("svd", 0.5), Setting("svd", 0.5, 1, ("glue:wnli",)),
+                Setting("svd", 0.5, 1, ("glue:wnli",), output_texts=32)]
     study = Study(None, pairs, study_dir / "sts.json")
     records = study.run(settings, progress=False)
     ref = study.uncompressed()
     assert ref["pairs"] == 30 and records[0]["pairs"] == 30
     assert records[1]["calibration"] == ["glue:wnli"] and records[1]["weighted_rel_error"] is not None
     assert records[0]["rank"] == records[1]["rank"] and records[0]["compression"] >= 0.5
+    assert records[1]["output_rel_error"] is None and 0 < records[2]["output_rel_error"] < 1
+    assert records[2]["rel_error"] != records[1]["rel_error"]
     # a new Study on the same file computes nothing again
     calls = []
     monkeypatch.setattr(Study, "_cell", lambda self, s: calls.append(s))
@@ -34,7 +37,22 @@ def test_cells_are_scored_once_and_resumed(study_dir, monkeypatch):
     assert png_path.stat().st_size > 1000
     for r in again:  # every cell printed is the record's number and its change against none
         assert f"{r['spearman']:.2f} ({r['spearman'] - ref['spearman']:+.2f})" in md
-    assert "| SVD calibrated |" in md and "| SVD |" in md and "50%" in md
+    assert "| SVD calibrated |" in md and "| SVD |" in md and "| SVD calibrated, output-aware |" in md and "50%" in md
+
+
+def test_setting_keys_stay_those_of_earlier_results_files():
+    """Results files written before output_texts existed resume: their keys are unchanged."""
+    assert Setting("svd", 0.6).key == "svd|k1|r0.6|plain"
+    assert Setting("messi", 0.8, 5, ("glue:cola",)).key == "messi|k5|r0.8|glue:cola@a10,p1"
+    assert Setting("messi", 0.8, 5, ("glue:cola",), output_texts=4000).key == "messi|k5|r0.8|glue:cola@a10,p1|out4000"
+
+
+def test_output_metric_needs_calibration_text(study_dir):
+    from messi import MessiError
+
+    study = Study(None, sts_pairs("dev", limit=10), study_dir / "other.json")
+    with pytest.raises(MessiError, match="output_texts needs calibration sources"):
+        study.run([Setting("svd", 0.5, output_texts=8)], progress=False)
 
 
 def test_table_layout_by_hand():

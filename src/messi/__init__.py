@@ -11,7 +11,7 @@ guided by calibration text; score it with zero-shot STS-B.
 __version__ = "0.1.0"
 
 from .auto import MessiConfig, MessiModel, register as _register_auto  # noqa: E402
-from .calibration import Calibration, calibrate, token_counts, weights_from_counts  # noqa: E402
+from .calibration import Calibration, calibrate, output_sensitivity, token_counts, weights_from_counts  # noqa: E402
 from .clustering import ProjectiveClustering  # noqa: E402
 from .compress import compress, load, load_pretrained, load_tokenizer, read_info, save  # noqa: E402
 from .errors import MessiError  # noqa: E402
@@ -25,7 +25,7 @@ __all__ = [
     "ProjectiveClustering", "compress", "save", "load", "load_pretrained", "load_tokenizer",
     "read_info", "MessiError", "FactorizedEmbedding", "ProjectiveEmbedding", "TiedOutputEmbedding",
     "messi_factorize", "svd_factorize", "rank_for_ratio", "__version__", "calibrate", "Calibration",
-    "token_counts", "weights_from_counts", "eval_sts", "resolve_model", "MessiConfig", "MessiModel",
+    "token_counts", "weights_from_counts", "output_sensitivity", "eval_sts", "resolve_model", "MessiConfig", "MessiModel",
     "FactorizedLinear", "ProjectiveLinear",
 ]
 

@@ -22,9 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from . import checks
 from .errors import MessiError
+from .evaluate import Pooling, pool
 
 #: The default weighting rule, (count + alpha) ** power, chosen by `benchmarks/sts_curve.py
 #: select` on 2,000 STS-B *train* pairs (best mean Spearman over SVD, MESSI k=3 and k=5 at 60% and
@@ -32,6 +34,10 @@ from .errors import MessiError
 #: smoothed by 10 so that rare and unseen tokens keep a floor.
 DEFAULT_ALPHA = 10.0
 DEFAULT_POWER = 1.0
+#: Calibration texts whose backward passes measure the embedding's output metric
+#: (``output_sensitivity``) in ``messi compress`` and the demo: the best of 0, 250, 1000 and 4000
+#: on STS-B *train* pairs (`benchmarks/sts_curve.py select-metric`; docs/benchmarks.md).
+DEFAULT_OUTPUT_TEXTS = 4000
 #: Calibration text when none is given for Linear-layer compression: GLUE train texts of tasks
 #: other than STS-B (whose dev pairs are the zero-shot score we report).
 DEFAULT_SOURCES = ("glue:sst2", "glue:cola", "glue:mrpc", "glue:rte")
@@ -153,6 +159,8 @@ class Calibration:
     alpha: float = DEFAULT_ALPHA
     power: float = DEFAULT_POWER
     weights: torch.Tensor = field(init=False, repr=False)
+    #: how the embedding's output metric was measured (``output_sensitivity``), if it was
+    output_metric: dict | None = None
 
     def __post_init__(self):
         self.weights = weights_from_counts(self.counts, self.alpha, self.power)
@@ -166,7 +174,8 @@ class Calibration:
         """JSON-ready summary for messi.json."""
         return {"sources": list(self.sources), "texts": self.n_texts, "tokens": int(self.counts.sum()),
                 "distinct_tokens": int((self.counts > 0).sum()), "counts_sha256": self.counts_sha256,
-                "weighting": {"rule": "(count + alpha) ** power", "alpha": self.alpha, "power": self.power}}
+                "weighting": {"rule": "(count + alpha) ** power", "alpha": self.alpha, "power": self.power},
+                **({"output_metric": self.output_metric} if self.output_metric else {})}
 
 
 def read_all(sources: list[str], data_dir=None, text_column: str = "text") -> list[str]:
@@ -289,3 +298,56 @@ def input_moments(model, batches: list[dict], names) -> dict[str, torch.Tensor]:
             sums[name] += x.T @ x
         tokens += int(batch["attention_mask"].sum())
     return {name: s / max(tokens, 1) for name, s in sums.items()}
+
+
+def output_sensitivity(model, batches: list[dict], pooling=None, seed: int = 0, progress: bool = False) -> torch.Tensor:
+    """How a change of an input-embedding row reaches what the model gives its user: the
+    average, over the real tokens of ``batches``, of J^T J (d, d) float64, where J is the
+    Jacobian of the model's output (a task head's logits; else the sentence embedding pooled as
+    ``pooling`` says, ``evaluate.Pooling``, mean pooling by default) with respect to that
+    token's embedding row. A row error e then costs about e G e^T per occurrence, so fitting the
+    table under this metric (``compress(embedding_metric=...)``) spends the error where the
+    output does not feel it.
+
+    Estimated with one Gaussian probe z per text and batch (E[J^T z z^T J] = J^T J): one
+    backward pass per batch, seeded by ``seed``, so the result is deterministic.
+    """
+    pooling = pooling or Pooling()
+    emb = model.get_input_embeddings()
+    d = emb.embedding_dim
+    total, tokens = torch.zeros(d, d, dtype=torch.float64), 0
+    generator = torch.Generator().manual_seed(seed)
+    captured = {}
+
+    def leaf(_module, _args, out):  # the rows as looked up, a leaf whose gradient is J^T z
+        captured["rows"] = out.detach().requires_grad_()
+        return captured["rows"]
+
+    handle = emb.register_forward_hook(leaf)
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in tqdm(batches, desc="output metric", unit="batch", disable=not progress):
+            batch = _on_model_device(model, batch)
+            mask = batch["attention_mask"].bool()
+            with torch.enable_grad():
+                out = _user_output(model, batch, pooling)
+                z = torch.randn(out.shape, generator=generator, dtype=torch.float32).to(out)
+                (grad,) = torch.autograd.grad((out * z).sum(), captured["rows"])
+            g = grad[mask].double().cpu()
+            total += g.T @ g
+            tokens += g.shape[0]
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return total / max(tokens, 1)
+
+
+def _user_output(model, batch: dict, pooling) -> torch.Tensor:
+    """What the model gives its user for ``batch``: logits (texts, labels) of a task head,
+    else the pooled (and, as configured, normalised) sentence embeddings (texts, d)."""
+    if has_sequence_head(model):
+        return model(**batch).logits.float()
+    hidden = _encoder(model)(**batch)[0]
+    vectors = pool(hidden, batch["attention_mask"], pooling.mode).float()
+    return torch.nn.functional.normalize(vectors, dim=-1) if pooling.normalize else vectors

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import MessiError
-from .calibration import DEFAULT_ALPHA, DEFAULT_POWER
+from .calibration import DEFAULT_ALPHA, DEFAULT_OUTPUT_TEXTS, DEFAULT_POWER
 from .models import DEFAULT_MODEL
 
 app = typer.Typer(help="Compress the embedding layer of Hugging Face models with projective clustering (MESSI).",
@@ -121,6 +121,10 @@ def compress(
     text_column: str = typer.Option("text", "--text-column", help="Column/key of the text in .jsonl/.csv/.tsv calibration files."),
     weight_alpha: float = typer.Option(DEFAULT_ALPHA, "--weight-alpha", help="Row weight = (count + alpha) ** power; alpha > 0 keeps unseen tokens in the fit."),
     weight_power: float = typer.Option(DEFAULT_POWER, "--weight-power", help="Row weight exponent in [0, 4]; 0 = all rows equal."),
+    output_texts: int = typer.Option(DEFAULT_OUTPUT_TEXTS, "--output-texts", help="With --calibration: how many calibration "
+                                     "texts measure what the model's output feels of an embedding row's error (one "
+                                     "backward pass per 32 texts); the embedding fit then minimises that. 0: plain "
+                                     "row error."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="GLUE folder for glue:TASK calibration sources."),
 ):
     """Compress a model's input embedding, its Linear layers or both; write an HF folder plus messi.json.
@@ -145,6 +149,7 @@ def compress(
     checks.integer("--n-init", n_init, 1, 1000)
     checks.integer("--max-iter", max_iter, 1, 100_000)
     checks.integer("--init-size", init_size, 0)
+    checks.integer("--output-texts", output_texts, 0)
     if loss not in ("l2", "l1", "huber"):
         raise MessiError(f"--loss must be l2, l1 or huber, got {loss!r}")
     if rank is not None:
@@ -165,7 +170,7 @@ def compress(
     if report:  # say which class was loaded from the source, and why
         console.print(f"loaded {report['class']}: {report['reason']}")
     tokenizer = load_tokenizer(model)
-    cal = inputs = None
+    cal = inputs = metric = None
     if calibration:
         if tokenizer is None:
             raise MessiError("--calibration needs the model's tokenizer, and the model folder has none")
@@ -174,10 +179,12 @@ def compress(
                         text_column, weight_alpha, weight_power, texts=texts)
         if target != "embedding":
             inputs = calibration_batches(tokenizer, texts)
+        if output_texts and target != "linear":
+            metric, cal.output_metric = _output_metric(net, tokenizer, texts, output_texts, model)
     compress_model(net, method=method, ratio=ratio, k=k, rank=rank, seed=seed, n_init=n_init, max_iter=max_iter,
                    init_size=init_size or None, loss=loss, verbose=True, row_weights=None if cal is None else cal.weights,
                    calibration=None if cal is None else cal.record(), target=target, allocation=allocation,
-                   inputs=inputs)
+                   inputs=inputs, embedding_metric=metric)
     save(net, out_dir, tokenizer=tokenizer, extra={"source_model": str(model or DEFAULT_MODEL)},
          source=resolve_model(model), overwrite=overwrite)
     console.print(info_table(net.messi_config, f"{out_dir}"))
@@ -198,6 +205,21 @@ def info(
         typer.echo(json.dumps(data, indent=2))
     else:
         console.print(info_table(data, str(directory)))
+
+
+def _output_metric(net, tokenizer, texts, max_texts: int, model) -> tuple:
+    """The embedding's output metric on up to ``max_texts`` calibration texts, and its record."""
+    from .calibration import calibration_batches, has_sequence_head, output_sensitivity
+    from .evaluate import read_pooling
+    from .models import resolve_model
+
+    pooling = read_pooling(resolve_model(model))
+    batches = calibration_batches(tokenizer, texts, max_texts=max_texts)
+    metric = output_sensitivity(net, batches, pooling, progress=True)
+    output = ("task head logits" if has_sequence_head(net) else
+              f"sentence embedding ({pooling.mode} pooling{', normalised' if pooling.normalize else ''})")
+    return metric, {"texts": sum(len(b["input_ids"]) for b in batches), "output": output,
+                    "probe": "one Gaussian probe per text, seed 0"}
 
 
 def _glue_found(data_dir) -> bool:

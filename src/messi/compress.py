@@ -23,8 +23,8 @@ from .errors import MessiError
 from .clustering import check_sample_weight
 from .allocate import (Matrix, allocate_ranks, messi_params, same_size_rank, shared_relative_rank, svd_params,
                        uniform_ranks)
-from .factorize import (METHODS, check_rank, check_ratio, compression, factorize, messi_factorize, output_error,
-                        parameter_count, rank_for_ratio, relative_error, svd_factorize, whitening)
+from .factorize import (METHODS, check_rank, check_ratio, compression, factorize, parameter_count, rank_for_ratio,
+                        relative_error, whitening)
 from .linear import ORIENTATIONS, FactorizedLinear, ProjectiveLinear
 from .auto import MessiConfig
 from .folder import CONFIG_NAME, WEIGHTS_NAME, check_config, check_weights, embedding_info, read_info, sha256_file
@@ -47,7 +47,7 @@ def compress(model: nn.Module, method: str = "messi", ratio: float = 0.4, k: int
              row_weights=None,
              calibration: dict | None = None, target: str = "embedding", allocation: str = "global",
              activations: dict | None = None, inputs: list | None = None,
-             activation_aware: bool = True) -> nn.Module:
+             activation_aware: bool = True, embedding_metric: torch.Tensor | None = None) -> nn.Module:
     """Replace the model's input embedding, its encoder's Linear layers, or both, by SVD or
     MESSI layers, in place.
 
@@ -85,6 +85,10 @@ def compress(model: nn.Module, method: str = "messi", ratio: float = 0.4, k: int
         probe) weighs its damage in the global allocation.
     activation_aware : with ``inputs``, whether the Linear fits use the input moments (False:
         plain weight error, sensitivities still measured; for comparisons).
+    embedding_metric : optional (d, d) positive semi-definite matrix G: the embedding fit
+        minimises sum_r w_r e_r G e_r^T over the row errors e_r instead of |e_r|^2
+        (``calibration.output_sensitivity``: G = E[J^T J], what the model's output feels of a
+        row's error). The bases are then no longer orthonormal.
 
     Returns the same model; ``model.messi_config`` holds what ``save`` writes to messi.json.
     A tied output projection (masked-LM heads) is switched to the factored table too.
@@ -102,17 +106,18 @@ def compress(model: nn.Module, method: str = "messi", ratio: float = 0.4, k: int
     params_before = _count_params(model)
     emb = input_embedding(model) if target != "linear" else None
     weights = None if emb is None else check_sample_weight(row_weights, emb.num_embeddings)
+    metric = None if emb is None else _check_metric(embedding_metric, emb.embedding_dim)
     start = time.perf_counter()
     if target == "embedding":
         n, d = emb.weight.shape
         rank = rank_for_ratio(n, d, k, ratio) if rank is None else check_rank(rank, d)
-        info = {"target": "embedding", **_compress_embedding(model, emb, method, k, rank, weights, settings),
+        info = {"target": "embedding", **_compress_embedding(model, emb, method, k, rank, weights, settings, metric),
                 "ratio": ratio}
     else:
         if rank is not None:
             raise MessiError("rank is chosen per layer for target linear/all; give ratio instead")
         info = _compress_layers(model, target, method, ratio, k, allocation, activations, inputs, emb, weights,
-                                settings, activation_aware)
+                                settings, activation_aware, metric)
     info.update({
         "seed": settings["seed"], "n_init": settings["n_init"], "max_iter": settings["max_iter"], "tol": tol,
         "init_size": settings["init_size"],
@@ -122,12 +127,23 @@ def compress(model: nn.Module, method: str = "messi", ratio: float = 0.4, k: int
         "messi_version": __version__,
     })
     info["model_compression"] = 1 - info["model_params_after"] / params_before
-    if weights is not None or activations is not None:
+    if weights is not None or activations is not None or metric is not None:
         info["calibration"] = calibration or {"sources": ["row_weights / activations given to compress()"]}
     if hasattr(model, "messi_load_report"):  # which class was loaded from the source, and why
         info["source_load"] = model.messi_load_report
     model.messi_config = info
     return model
+
+
+def _check_metric(metric, d: int):
+    """``metric`` as a float64 (d, d) tensor, or MessiError naming the expected shape."""
+    if metric is None:
+        return None
+    if not isinstance(metric, torch.Tensor) or metric.shape != (d, d) or not bool(torch.isfinite(metric).all()):
+        shape = tuple(metric.shape) if isinstance(metric, torch.Tensor) else type(metric).__name__
+        raise MessiError(f"embedding_metric must be a finite ({d}, {d}) tensor for this embedding, got {shape}; "
+                         "compute it with messi.output_sensitivity on this model")
+    return metric.detach().double().cpu()
 
 
 def _count_params(model: nn.Module) -> int:
@@ -141,24 +157,22 @@ def _embedding_layer(factors, emb: nn.Embedding, method: str) -> _LowRankEmbeddi
     return cls.from_factors(factors, emb.padding_idx, _padding_row(A, emb.padding_idx)).to(device=A.device, dtype=A.dtype)
 
 
-def _compress_embedding(model, emb, method, k, rank, weights, settings) -> dict:
+def _compress_embedding(model, emb, method, k, rank, weights, settings, metric=None) -> dict:
     """Fit and install the embedding at (method, k, rank); its messi.json fields."""
-    A = emb.weight.detach()
-    factors = (svd_factorize(A, rank, weights) if method == "svd" else
-               messi_factorize(A, k, rank, sample_weight=weights, **settings))
-    return _install_embedding_factors(model, emb, factors, method, k, rank, weights)
+    factors = factorize(emb.weight.detach(), method, k, rank, weights, metric, **settings)
+    return _install_embedding_factors(model, emb, factors, method, k, rank, weights, metric)
 
 
-def _install_embedding_factors(model, emb, factors, method, k, rank, weights) -> dict:
+def _install_embedding_factors(model, emb, factors, method, k, rank, weights, metric=None) -> dict:
     """Swap in the factored embedding holding ``factors`` (and the tied head); its messi.json fields."""
     A = emb.weight.detach()
     layer = _embedding_layer(factors, emb, method)
     tied = is_tied(model, emb)
     install_embedding(model, layer, tied)
-    return _embedding_record(A, layer, method, k, rank, weights, emb.padding_idx, tied)
+    return _embedding_record(A, layer, method, k, rank, weights, emb.padding_idx, tied, metric)
 
 
-def _embedding_record(A, layer, method, k, rank, weights, padding_idx, tied) -> dict:
+def _embedding_record(A, layer, method, k, rank, weights, padding_idx, tied, metric=None) -> dict:
     n, d = A.shape
     with torch.no_grad():
         approx = layer.weight
@@ -170,6 +184,8 @@ def _embedding_record(A, layer, method, k, rank, weights, padding_idx, tied) -> 
                   "tied_output": tied}
         if weights is not None:
             record["weighted_rel_error"] = relative_error(A, approx, weights)
+        if metric is not None:  # what the fit minimised: the output-side error, rows weighted
+            record["output_rel_error"] = relative_error(A, approx, weights, metric)
     return record
 
 
@@ -199,7 +215,7 @@ def _best_fit(M, rank, method, k, search, orientations, moments, weights, settin
             col_w = None if moments is None else moments.diagonal().clamp_min(0).float()
             f = factorize(M.T, "messi", kk, j, col_w, **settings)
             approx = f.reconstruct().T
-        err = output_error(M, approx, moments) if weights is None else relative_error(M, approx, weights)
+        err = relative_error(M, approx, weights, moments)
         return f, kk, j, orientation, err
 
     if method == "svd":
@@ -219,7 +235,7 @@ def _best_fit(M, rank, method, k, search, orientations, moments, weights, settin
 
 
 def _compress_layers(model, target, method, ratio, k, allocation, activations, inputs, emb, weights,
-                     settings, activation_aware=True) -> dict:
+                     settings, activation_aware=True, metric=None) -> dict:
     """Target "linear" / "all": allocate the budget, fit every matrix, install the layers."""
     from tqdm.auto import tqdm
 
@@ -236,11 +252,12 @@ def _compress_layers(model, target, method, ratio, k, allocation, activations, i
     matrices = [Matrix(name, lin.out_features, lin.in_features, _spectrum(lin.weight, moments[name]))
                 for name, lin in linears.items()]
     if emb is not None:
-        matrices.append(Matrix(EMBEDDING, *emb.weight.shape, _spectrum(emb.weight, weights=weights)))
+        matrices.append(Matrix(EMBEDDING, *emb.weight.shape, _spectrum(emb.weight, metric, weights)))
     if inputs is not None and allocation == "global":
         modules, reference = {**linears, EMBEDDING: emb}, model_outputs(model, inputs)
         for m in tqdm(matrices, desc="measuring sensitivities", disable=not settings["verbose"]):
-            m.sensitivity = _sensitivity(model, inputs, reference, m, modules[m.name], moments.get(m.name), weights)
+            m.sensitivity = _sensitivity(model, inputs, reference, m, modules[m.name], moments.get(m.name, metric),
+                                         weights)
     fixed_k = 1 if method == "svd" else k
     ranks = (allocate_ranks(matrices, ratio) if allocation == "global" else
              uniform_ranks(matrices, ratio, fixed_k) if allocation == "uniform" else
@@ -253,7 +270,8 @@ def _compress_layers(model, target, method, ratio, k, allocation, activations, i
     for m in tqdm(sorted(matrices, key=lambda m: m.name != EMBEDDING), desc="fitting layers", disable=not verbose):
         if m.name == EMBEDDING:
             if ranks[m.name] is not None:
-                info["embedding"] = _fit_embedding_target(model, emb, ranks[m.name], method, k, search, weights, settings)
+                info["embedding"] = _fit_embedding_target(model, emb, ranks[m.name], method, k, search, weights,
+                                                          settings, metric)
             continue
         if inputs is not None and moments[m.name] is not None and ranks[m.name] is not None and m.name not in current:
             current.update(_moments_now(model, inputs, m.name, moments, fitted))
@@ -294,7 +312,7 @@ def _sensitivity(model, inputs, reference, matrix: Matrix, module: nn.Module, mo
     W = module.weight
     row_weights = weights if isinstance(module, nn.Embedding) else None
     approx = factorize(W.detach().float(), "svd", 1, j, row_weights, moments).reconstruct()
-    own = output_error(W, approx, moments) if row_weights is None else relative_error(W, approx, row_weights)
+    own = relative_error(W, approx, row_weights, moments)
     saved = W.data
     try:
         W.data = approx.to(W.dtype)
@@ -305,10 +323,10 @@ def _sensitivity(model, inputs, reference, matrix: Matrix, module: nn.Module, mo
     return effect / max(own, 1e-12)
 
 
-def _fit_embedding_target(model, emb, rank, method, k, search, weights, settings) -> dict:
-    factors, kk, j, _, _ = _best_fit(emb.weight.detach().float(), rank, method, k, search, ("rows",), None,
+def _fit_embedding_target(model, emb, rank, method, k, search, weights, settings, metric=None) -> dict:
+    factors, kk, j, _, _ = _best_fit(emb.weight.detach().float(), rank, method, k, search, ("rows",), metric,
                                      weights, settings)
-    return _install_embedding_factors(model, emb, factors, "svd" if kk == 1 else "messi", kk, j, weights)
+    return _install_embedding_factors(model, emb, factors, "svd" if kk == 1 else "messi", kk, j, weights, metric)
 
 
 def _fit_linear_target(model, name, lin, rank, method, k, search, moments, settings) -> dict:

@@ -103,10 +103,21 @@ def messi_factorize(A, k: int, rank: int, sample_weight=None, **settings) -> Fac
     return Factors(coordinates(X, pc.bases_, pc.labels_), pc.bases_, pc.labels_)
 
 
-def relative_error(A: torch.Tensor, approx: torch.Tensor, sample_weight=None) -> float:
-    """|A - approx|^2 / |A|^2 in float64; with ``sample_weight`` (n,) both sums weigh the rows."""
+def relative_error(A: torch.Tensor, approx: torch.Tensor, sample_weight=None, moments=None) -> float:
+    """|A - approx|^2 / |A|^2 in float64, summed over the rows of A (n, d).
+
+    ``sample_weight`` (n,): both sums weigh the rows. ``moments`` (d, d), positive
+    semi-definite: every row's squared norm is measured as e M e^T instead of |e|^2 (a Linear
+    layer's output error on inputs of those second moments, or an embedding row's effect on the
+    model's output, ``calibration.output_sensitivity``).
+    """
     A64 = A.detach().double()
-    err, ref = (A64 - approx.detach().double()).square().sum(1), A64.square().sum(1)
+    E = A64 - approx.detach().double()
+    if moments is None:
+        err, ref = E.square().sum(1), A64.square().sum(1)
+    else:
+        C = moments.detach().double().to(E.device)
+        err, ref = ((E @ C) * E).sum(1), ((A64 @ C) * A64).sum(1)
     if sample_weight is not None:
         w = sample_weight.detach().double().to(err.device)
         err, ref = err * w, ref * w
@@ -156,8 +167,4 @@ def factorize(A, method: str, k: int, rank: int, sample_weight=None, moments=Non
 def output_error(A: torch.Tensor, approx: torch.Tensor, moments=None) -> float:
     """|(A - approx) x|^2 / |A x|^2 summed over inputs x with second moments ``moments`` (d, d):
     the relative error of a Linear layer's output (the plain relative error without moments)."""
-    if moments is None:
-        return relative_error(A, approx)
-    C = moments.detach().double()
-    E, A64 = (A.detach().double() - approx.detach().double()), A.detach().double()
-    return float(((E @ C) * E).sum() / ((A64 @ C) * A64).sum())
+    return relative_error(A, approx, moments=moments)

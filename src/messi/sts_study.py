@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .calibration import DEFAULT_ALPHA, DEFAULT_POWER, DEFAULT_SOURCES, calibrate, weights_from_counts
+from .calibration import (DEFAULT_ALPHA, DEFAULT_OUTPUT_TEXTS, DEFAULT_POWER, DEFAULT_SOURCES, calibrate, calibration_batches,
+                          output_sensitivity, read_all, weights_from_counts)
 from .errors import MessiError
 from .io import save_png, write_json, write_text
 
@@ -25,7 +26,9 @@ from .io import save_png, write_json, write_text
 @dataclass(frozen=True)
 class Setting:
     """One compression: ``method`` "svd" or "messi" (k subspaces) at ``ratio``; rows weighted by
-    the tokens of ``calibration`` (sources as ``messi compress --calibration``) if any."""
+    the tokens of ``calibration`` (sources as ``messi compress --calibration``) if any; with
+    ``output_texts`` > 0, fitted under the output metric (``calibration.output_sensitivity``)
+    measured on that many of the calibration texts."""
 
     method: str
     ratio: float
@@ -33,18 +36,19 @@ class Setting:
     calibration: tuple[str, ...] = ()
     alpha: float = DEFAULT_ALPHA
     power: float = DEFAULT_POWER
+    output_texts: int = 0
 
     @property
     def key(self) -> str:
         """A stable name of the cell in the results file."""
         cal = "+".join(self.calibration) + f"@a{self.alpha:g},p{self.power:g}" if self.calibration else "plain"
-        return f"{self.method}|k{self.k}|r{self.ratio:g}|{cal}"
+        return f"{self.method}|k{self.k}|r{self.ratio:g}|{cal}" + (f"|out{self.output_texts}" if self.output_texts else "")
 
     @property
     def label(self) -> str:
         """How tables and plots name the setting's curve."""
         name = "SVD" if self.method == "svd" else f"MESSI k={self.k}"
-        return name + (" calibrated" if self.calibration else "")
+        return name + (" calibrated" if self.calibration else "") + (", output-aware" if self.output_texts else "")
 
 
 class Study:
@@ -71,6 +75,7 @@ class Study:
         self._base = None
         self._load = lambda: load_pretrained(model_ref)
         self._counts: dict[tuple[str, ...], torch.Tensor] = {}
+        self._metrics: dict[tuple, torch.Tensor] = {}
         self.reference_counts = reference_counts
         self.results: dict[str, dict] = self._read_results()
 
@@ -96,6 +101,13 @@ class Study:
             n = self.base.get_input_embeddings().num_embeddings
             self._counts[sources] = calibrate(self.tokenizer, list(sources), n, self.data_dir).counts
         return self._counts[sources]
+
+    def metric(self, sources: tuple[str, ...], texts: int) -> torch.Tensor:
+        """The base model's output metric (d, d) on ``texts`` of the sources' texts (cached)."""
+        if (sources, texts) not in self._metrics:
+            batches = calibration_batches(self.tokenizer, read_all(list(sources), self.data_dir), max_texts=texts)
+            self._metrics[(sources, texts)] = output_sensitivity(self.base, batches, self.pooling)
+        return self._metrics[(sources, texts)]
 
     def _save(self) -> None:
         write_json(self.results_file, {"model": str(self.model_ref or "minilm"), "pairs": len(self.pairs[2]),
@@ -127,18 +139,23 @@ class Study:
         from .evaluate import sts_score
         from .factorize import relative_error
 
-        weights = None
+        weights = metric = None
         if s.calibration:
             weights = weights_from_counts(self.counts(s.calibration), s.alpha, s.power)
+        if s.output_texts:
+            if not s.calibration:
+                raise MessiError("output_texts needs calibration sources to take the texts from")
+            metric = self.metric(s.calibration, s.output_texts)
         model = copy.deepcopy(self.base)
         start = time.perf_counter()
         compress(model, method=s.method, ratio=s.ratio, k=s.k, seed=self.seed, n_init=self.n_init,
-                 max_iter=self.max_iter, row_weights=weights)
+                 max_iter=self.max_iter, row_weights=weights, embedding_metric=metric)
         seconds = time.perf_counter() - start
         info = model.messi_config
         record = {"key": s.key, **asdict(s), "calibration": list(s.calibration), "rank": info["rank"],
                   "compression": info["compression"], "embedding_params_after": info["embedding_params_after"],
                   "rel_error": info["rel_error"], "weighted_rel_error": info.get("weighted_rel_error"),
+                  "output_rel_error": info.get("output_rel_error"),
                   "fit_seconds": info["fit_seconds"], "compress_seconds": seconds}
         if self.reference_counts is not None:
             A = self.base.get_input_embeddings().weight.detach()
@@ -177,7 +194,7 @@ def _cell_text(r: dict, reference: dict, columns) -> str:
 
 
 def _label(r: dict) -> str:
-    return Setting(r["method"], r["ratio"], r["k"], tuple(r["calibration"])).label
+    return Setting(r["method"], r["ratio"], r["k"], tuple(r["calibration"]), output_texts=r.get("output_texts", 0)).label
 
 
 def plot(records: list[dict], reference: dict, path: str | Path, title: str) -> Path:
@@ -213,9 +230,11 @@ OTHER_TASKS = DEFAULT_SOURCES
 
 
 def demo_settings(k: int, ratios=(0.4, 0.6, 0.8)) -> list[Setting]:
-    """SVD, calibrated SVD, MESSI and calibrated MESSI at each ratio."""
-    return [s for r in ratios for s in (Setting("svd", r), Setting("svd", r, 1, OTHER_TASKS),
-                                        Setting("messi", r, k), Setting("messi", r, k, OTHER_TASKS))]
+    """SVD, calibrated SVD, MESSI and calibrated MESSI at each ratio; calibrated as ``messi
+    compress --calibration`` does by default (row weights and the output metric)."""
+    t = DEFAULT_OUTPUT_TEXTS
+    return [s for r in ratios for s in (Setting("svd", r), Setting("svd", r, 1, OTHER_TASKS, output_texts=t),
+                                        Setting("messi", r, k), Setting("messi", r, k, OTHER_TASKS, output_texts=t))]
 
 
 def write_report(records: list[dict], reference: dict, folder: str | Path, title: str,
