@@ -387,7 +387,8 @@ def demo(
     study = Study(None, pairs, output_dir / "sts.json", data_dir=data_dir, n_init=2)
     records = study.run(demo_settings(DEFAULT_K))
     notes = (f"Calibrated: embedding rows weighted by (count + {DEFAULT_ALPHA:g}) ** {DEFAULT_POWER:g}, counts "
-             f"of the SST-2, CoLA, MRPC and RTE train texts. MESSI: k = {DEFAULT_K}, 2 clustering restarts. "
+             f"of the SST-2, CoLA, MRPC and RTE train texts, and the fit made output-aware (the model's "
+             f"sensitivity measured on {DEFAULT_OUTPUT_TEXTS:,} of them). MESSI: k = {DEFAULT_K}, 2 clustering restarts. "
              "Made by `messi demo`; "
              "every cell is in sts.json.")
     md_path, png_path, md = write_report(records, study.uncompressed(), output_dir,
