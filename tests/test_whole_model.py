@@ -427,6 +427,27 @@ def test_target_all_fits_a_dominant_embedding_first_and_counts_it(monkeypatch):
     assert info["compression"] == pytest.approx(1 - after / dense) and info["compression"] >= 0.4
 
 
+def test_target_all_fits_the_embedding_under_its_output_metric():
+    """The metric reaches the embedding's fit in the whole-model path: the recorded output-side
+    error is the error under the metric of the table installed, and a metric that weighs some
+    dimensions 100x changes the table against the plain weighted fit."""
+    from messi.factorize import relative_error
+
+    w = torch.rand(3000, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    G = torch.diag(torch.tensor([100.0] * 8 + [1.0] * 24, dtype=torch.float64))
+    tables = {}
+    for name, metric in (("plain", None), ("metric", G)):
+        model = tiny_wide_vocab()
+        A = model.get_input_embeddings().weight.detach().clone()
+        messi.compress(model, method="svd", ratio=0.4, target="all", inputs=batches(), row_weights=w,
+                       embedding_metric=metric)
+        with torch.no_grad():
+            tables[name] = model.get_input_embeddings().weight.clone()
+        emb = model.messi_config["embedding"]
+    assert emb["output_rel_error"] == pytest.approx(relative_error(A, tables["metric"], w, G))
+    assert relative_error(A, tables["metric"], w, G) < relative_error(A, tables["plain"], w, G)
+
+
 def test_target_all_counts_an_embedding_it_keeps_dense():
     model = tiny("bert")  # 300 x 32 embedding: the allocator keeps it dense at -20%
     messi.compress(model, method="svd", ratio=0.2, target="all", inputs=batches())
