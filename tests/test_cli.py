@@ -112,6 +112,9 @@ def test_calibrated_compress_then_eval_sts(tmp_path):
     assert cal["output_metric"]["texts"] == 64
     assert cal["output_metric"]["output"] == "sentence embedding (mean pooling, normalised)"
     assert 0 < info["output_rel_error"] < 1
+    shown = run("info", out)
+    assert shown.returncode == 0 and f"{info['output_rel_error']:.5f}" in shown.stdout
+    assert "output metric texts / output" in shown.stdout and "64 / sentence" in shown.stdout
     assert (out / "modules.json").is_file()
     scored = run("eval-sts", out, "--json")
     assert scored.returncode == 0, scored.stderr

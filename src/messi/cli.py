@@ -82,10 +82,15 @@ def info_table(info: dict, title: str) -> Table:
         ]
         if "weighted_rel_error" in emb:
             rows.append(("weighted rel_error (calibrated)", _fmt(emb["weighted_rel_error"], ".5f")))
+        if "output_rel_error" in emb:
+            rows.append(("output-side rel_error (what the fit minimised)", _fmt(emb["output_rel_error"], ".5f")))
     cal = info.get("calibration")
     if cal:
         rows += [("calibration", ", ".join(map(str, cal.get("sources", [])))),
                  ("calibration texts / tokens", f"{_fmt(cal.get('texts'), ',')} / {_fmt(cal.get('tokens'), ',')}")]
+        if cal.get("output_metric"):
+            metric = cal["output_metric"]
+            rows.append(("output metric texts / output", f"{_fmt(metric.get('texts'), ',')} / {metric.get('output')}"))
     rows.append(("fit seconds", _fmt(info.get("fit_seconds"), ".1f")))
     for key, value in rows:
         table.add_row(key, "—" if value is None else str(value))
