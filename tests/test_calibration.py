@@ -245,3 +245,21 @@ def test_output_metric_predicts_what_the_real_model_feels(minilm_dir, tokenizer)
         return float((moved - reference).square().sum())
 
     assert change(Q[:, -1]) > 10 * change(Q[:, 0])
+
+
+def test_calibration_batches_read_pairs_as_pairs(tokenizer):
+    """A pair task's inputs (real MRPC train pairs) are tokenised as the model reads them: both
+    sentences, separated, the second one in segment 1."""
+    from messi.calibration import calibration_batches
+    from messi.glue.data import read_split
+
+    pairs = [(ex.text_a, ex.text_b) for ex in read_split("mrpc", "train")][:40]
+    batches = calibration_batches(tokenizer, pairs, max_texts=40, batch_size=16)
+    assert sum(len(b["input_ids"]) for b in batches) == 40
+    for b in batches:
+        for ids, types, mask in zip(b["input_ids"], b["token_type_ids"], b["attention_mask"]):
+            real = ids[mask.bool()]
+            assert int((real == tokenizer.sep_token_id).sum()) == 2 and int(types[mask.bool()].sum()) > 0
+    decoded = sorted(tokenizer.decode(ids[m.bool()]) for b in batches for ids, m in zip(b["input_ids"], b["attention_mask"]))
+    assert decoded == sorted(tokenizer.decode(tokenizer(a, b, truncation=True, max_length=128)["input_ids"])
+                             for a, b in pairs)

@@ -200,22 +200,30 @@ def calibration_batches(tokenizer, texts, max_texts: int = 256, batch_size: int 
                         max_length: int = 128) -> list[dict]:
     """Model inputs for activation statistics: up to ``max_texts`` of ``texts``, evenly spread
     over the list (deterministic), tokenised in padded batches of ``batch_size`` texts of
-    similar length (shortest first).
+    similar length (shortest first). ``texts``: strings, or (first, second) pairs, tokenised
+    as pairs the way a pair task's model reads them.
 
     Returns a list of dicts of tensors (input_ids, attention_mask, ...), each (batch, tokens).
     """
-    texts = [t for t in texts if t.strip()]
+    texts = [t for t in texts if (t[0] if isinstance(t, tuple) else t).strip()]
     if not texts:
         raise MessiError("the calibration sources hold no text; give a file or glue:TASK with text")
     step = max(1, len(texts) // max_texts)
     chosen = texts[::step][:max_texts]
     # batched by length: each batch pads to its own longest text, so sorting cuts the padded
     # positions every calibration pass computes (the statistics are sums over the real tokens)
-    lengths = [len(ids) for ids in tokenizer(chosen, truncation=True, max_length=max_length)["input_ids"]]
+    lengths = [len(ids) for ids in _tokenize(tokenizer, chosen, truncation=True, max_length=max_length)["input_ids"]]
     chosen = [t for _, t in sorted(zip(lengths, chosen), key=lambda pair: pair[0])]
-    return [dict(tokenizer(chosen[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
+    return [dict(_tokenize(tokenizer, chosen[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
                            return_tensors="pt"))
             for i in range(0, len(chosen), batch_size)]
+
+
+def _tokenize(tokenizer, texts: list, **kwargs):
+    """``tokenizer`` on strings, or on (first, second) pairs as pairs."""
+    if texts and isinstance(texts[0], tuple):
+        return tokenizer([a for a, _ in texts], [b for _, b in texts], **kwargs)
+    return tokenizer(texts, **kwargs)
 
 
 def _encoder(model):
@@ -341,6 +349,17 @@ def output_sensitivity(model, batches: list[dict], pooling=None, seed: int = 0, 
         handle.remove()
         model.train(was_training)
     return total / max(tokens, 1)
+
+
+def output_metric(model, batches: list[dict], pooling=None, progress: bool = False) -> tuple[torch.Tensor, dict]:
+    """``output_sensitivity`` (d, d) of ``model`` on ``batches``, and what messi.json keeps of
+    it: how many texts, which output, the probe."""
+    pooling = pooling or Pooling()
+    output = ("task head logits" if has_sequence_head(model) else
+              f"sentence embedding ({pooling.mode} pooling{', normalised' if pooling.normalize else ''})")
+    record = {"texts": sum(len(b["input_ids"]) for b in batches), "output": output,
+              "probe": "one Gaussian probe per text, seed 0"}
+    return output_sensitivity(model, batches, pooling, progress=progress), record
 
 
 def _user_output(model, batch: dict, pooling) -> torch.Tensor:

@@ -214,17 +214,12 @@ def info(
 
 def _output_metric(net, tokenizer, texts, max_texts: int, model) -> tuple:
     """The embedding's output metric on up to ``max_texts`` calibration texts, and its record."""
-    from .calibration import calibration_batches, has_sequence_head, output_sensitivity
+    from .calibration import calibration_batches, output_metric
     from .evaluate import read_pooling
     from .models import resolve_model
 
-    pooling = read_pooling(resolve_model(model))
     batches = calibration_batches(tokenizer, texts, max_texts=max_texts)
-    metric = output_sensitivity(net, batches, pooling, progress=True)
-    output = ("task head logits" if has_sequence_head(net) else
-              f"sentence embedding ({pooling.mode} pooling{', normalised' if pooling.normalize else ''})")
-    return metric, {"texts": sum(len(b["input_ids"]) for b in batches), "output": output,
-                    "probe": "one Gaussian probe per text, seed 0"}
+    return output_metric(net, batches, read_pooling(resolve_model(model)), progress=True)
 
 
 def _glue_found(data_dir) -> bool:
@@ -330,8 +325,9 @@ def sweep(
     output_dir: Path = typer.Option(..., "--output-dir", help="Sweep folder (resumes if it exists)."),
     tasks: str = typer.Option("cola,sst2,mrpc,stsb,rte,wnli", "--tasks", help="Comma-separated GLUE tasks."),
     methods: str = typer.Option("none,svd,messi", "--methods",
-                                help="Comma-separated: none, svd, messi, svd+cal, messi+cal (+cal: rows weighted by "
-                                     "the task's own train text)."),
+                                help="Comma-separated: none, svd, messi, svd+cal, messi+cal, svd+cal+out, messi+cal+out "
+                                     "(+cal: rows weighted by the task's own train text; +out: also fitted under the "
+                                     "model's output metric on its train inputs)."),
     ratios: str = typer.Option("0.4,0.6", "--ratios", help="Comma-separated embedding compression ratios."),
     k: int = typer.Option(DEFAULT_K, "--k", help="Subspaces for messi."),
     seeds: str = typer.Option("42", "--seeds", help="Comma-separated seeds."),

@@ -108,6 +108,26 @@ def test_recovery_epochs_are_the_ones_trained(tmp_path, monkeypatch):
     assert cell["calibration"]["sources"] == ["glue:wnli"] and cell["calibration"]["texts"] == 2 * 635
 
 
+def test_output_aware_cells_measure_the_classifiers_metric_on_its_pair_inputs(tmp_path, monkeypatch):
+    """"svd+cal+out": row weights from the task's train text, and the output metric of the
+    fine-tuned classifier's logits on its train inputs, read as pairs (WNLI: 635 pairs)."""
+    seen = []
+    real = sweep_module.calibration_batches
+
+    def spy(tokenizer, texts, **kw):
+        seen.append(texts)
+        return real(tokenizer, texts, **kw)
+
+    monkeypatch.setattr(sweep_module, "calibration_batches", spy)
+    out = tmp_path / "out"
+    Sweep(out, ["wnli"], ["none", "svd+cal+out"], [0.5], 2, [0], cfg=TrainConfig(**TINY), recovery_epochs=0.0).run()
+    cell = json.loads((out / "wnli" / "seed-0" / "svd+cal+out-r0.5" / "metrics.json").read_text())
+    assert cell["method"] == "svd+cal+out"
+    assert cell["calibration"]["output_metric"]["texts"] == 635
+    assert cell["calibration"]["output_metric"]["output"] == "task head logits"
+    assert len(seen) == 1 and len(seen[0]) == 635 and all(isinstance(t, tuple) and len(t) == 2 for t in seen[0])
+
+
 def test_compress_first_protocol_end_to_end(tmp_path):
     out = tmp_path / "cf"
     Sweep(out, ["wnli"], ["none", "svd"], [0.5], 2, [0], cfg=TrainConfig(**TINY), recovery_epochs=1.0,

@@ -270,7 +270,8 @@ def test_messi_minus_svd_needs_both_at_that_ratio():
 def test_report_colours_are_one_per_method():
     from messi.glue.report import _color
 
-    assert [_color(m) for m in ("svd", "messi", "svd+cal", "messi+cal", "other")] == ["C0", "C1", "C2", "C3", "C4"]
+    assert [_color(m) for m in ("svd", "messi", "svd+cal", "messi+cal", "svd+cal+out", "messi+cal+out", "other")] == \
+        ["C0", "C1", "C2", "C3", "C4", "C5", "C6"]
 
 
 def test_a_nan_score_is_shown_as_nan(tmp_path, monkeypatch):

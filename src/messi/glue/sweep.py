@@ -25,7 +25,7 @@ import transformers
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..calibration import calibrate
+from ..calibration import DEFAULT_OUTPUT_TEXTS, calibrate, calibration_batches, output_metric
 from ..compress import compress
 from ..errors import MessiError
 from ..io import write_json
@@ -34,8 +34,10 @@ from .train import (TrainConfig, evaluate, fine_tune, load_classifier, run_recor
                     share_from_main, subsample, tokenizer_for)
 
 PROTOCOLS = ("paper", "compress-first")
-#: Methods a sweep knows; "+cal" ones weigh the embedding rows by the task's own train text.
-METHODS = ("none", "svd", "messi", "svd+cal", "messi+cal")
+#: Methods a sweep knows; "+cal" ones weigh the embedding rows by the task's own train text;
+#: "+cal+out" ones also fit under the classifier's output metric (``calibration.output_sensitivity``
+#: of its logits, on train inputs), as ``messi compress --calibration`` does by default.
+METHODS = ("none", "svd", "messi", "svd+cal", "messi+cal", "svd+cal+out", "messi+cal+out")
 
 
 def cell_name(method: str, ratio: float) -> str:
@@ -163,19 +165,28 @@ class Sweep:
 
     def _compress(self, model, tokenizer, task, method: str, ratio: float, seed: int) -> None:
         """Compress in place (once, on the main process); "+cal" methods weigh rows by the
-        tokens of the task's train texts."""
-        base, calibrated = method.removesuffix("+cal"), method.endswith("+cal")
+        tokens of the task's train texts; "+out" ones also fit under the model's output metric,
+        measured on train inputs (pairs as pairs)."""
+        base, calibrated, output_aware = method.split("+")[0], "+cal" in method, method.endswith("+out")
 
         def run(model):
-            weights = record = None
+            weights = record = metric = None
             if calibrated:
                 cal = calibrate(tokenizer, [f"glue:{task.name}"], model.get_input_embeddings().num_embeddings,
                                 self.data_dir)
+                if output_aware:
+                    metric, cal.output_metric = self._output_metric(model, tokenizer, task)
                 weights, record = cal.weights, cal.record()
             compress(model, method=base, ratio=ratio, k=self.k, seed=seed, verbose=True, row_weights=weights,
-                     calibration=record)
+                     calibration=record, embedding_metric=metric)
 
         share_from_main(model, run)
+
+    def _output_metric(self, model, tokenizer, task):
+        """The fine-tuned model's output metric on up to DEFAULT_OUTPUT_TEXTS train inputs, and its record."""
+        inputs = [ex.text_a if ex.text_b is None else (ex.text_a, ex.text_b)
+                  for ex in read_split(task, "train", self.data_dir)]
+        return output_metric(model, calibration_batches(tokenizer, inputs, max_texts=DEFAULT_OUTPUT_TEXTS))
 
     def _reference(self, task, seed, cfg, dev) -> dict:
         """The uncompressed fine-tuned model's metrics (the ``none`` cell), computed once; the
