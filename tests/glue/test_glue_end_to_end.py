@@ -120,12 +120,16 @@ def test_output_aware_cells_measure_the_classifiers_metric_on_its_pair_inputs(tm
 
     monkeypatch.setattr(sweep_module, "calibration_batches", spy)
     out = tmp_path / "out"
-    Sweep(out, ["wnli"], ["none", "svd+cal+out"], [0.5], 2, [0], cfg=TrainConfig(**TINY), recovery_epochs=0.0).run()
+    Sweep(out, ["wnli"], ["none", "svd+cal+out"], [0.5, 0.6], 2, [0], cfg=TrainConfig(**TINY),
+          recovery_epochs=0.0).run()
     cell = json.loads((out / "wnli" / "seed-0" / "svd+cal+out-r0.5" / "metrics.json").read_text())
     assert cell["method"] == "svd+cal+out"
     assert cell["calibration"]["output_metric"]["texts"] == 635
     assert cell["calibration"]["output_metric"]["output"] == "task head logits"
+    # measured once for the two cells of the same base
     assert len(seen) == 1 and len(seen[0]) == 635 and all(isinstance(t, tuple) and len(t) == 2 for t in seen[0])
+    other = json.loads((out / "wnli" / "seed-0" / "svd+cal+out-r0.6" / "metrics.json").read_text())
+    assert other["calibration"]["output_metric"] == cell["calibration"]["output_metric"]
 
 
 def test_compress_first_protocol_end_to_end(tmp_path):

@@ -82,6 +82,7 @@ class Sweep:
         self.model_ref, self.cfg = model_ref, cfg or TrainConfig()
         self.recovery_epochs, self.protocol = recovery_epochs, protocol
         self.data_dir, self.strict = data_dir, strict
+        self._metrics: dict[tuple[str, int], tuple] = {}  # (task, seed) -> output metric and its record
         # fail now, not an hour in, when a task's files are missing
         self.data = {t.name: (read_split(t, "train", data_dir, strict), read_split(t, "dev", data_dir, strict))
                      for t in self.tasks}
@@ -175,18 +176,23 @@ class Sweep:
                 cal = calibrate(tokenizer, [f"glue:{task.name}"], model.get_input_embeddings().num_embeddings,
                                 self.data_dir)
                 if output_aware:
-                    metric, cal.output_metric = self._output_metric(model, tokenizer, task)
+                    metric, cal.output_metric = self._output_metric(model, tokenizer, task, seed)
                 weights, record = cal.weights, cal.record()
             compress(model, method=base, ratio=ratio, k=self.k, seed=seed, verbose=True, row_weights=weights,
                      calibration=record, embedding_metric=metric)
 
         share_from_main(model, run)
 
-    def _output_metric(self, model, tokenizer, task):
-        """The fine-tuned model's output metric on up to DEFAULT_OUTPUT_TEXTS train inputs, and its record."""
-        inputs = [ex.text_a if ex.text_b is None else (ex.text_a, ex.text_b)
-                  for ex in read_split(task, "train", self.data_dir)]
-        return output_metric(model, calibration_batches(tokenizer, inputs, max_texts=DEFAULT_OUTPUT_TEXTS))
+    def _output_metric(self, model, tokenizer, task, seed: int):
+        """The model's output metric on up to DEFAULT_OUTPUT_TEXTS train inputs, and its record;
+        measured once per (task, seed): every cell compresses the same model."""
+        if (task.name, seed) not in self._metrics:
+            inputs = [ex.text_a if ex.text_b is None else (ex.text_a, ex.text_b)
+                      for ex in read_split(task, "train", self.data_dir)]
+            batches = calibration_batches(tokenizer, inputs, max_texts=DEFAULT_OUTPUT_TEXTS)
+            self._metrics[(task.name, seed)] = output_metric(model, batches)
+        metric, record = self._metrics[(task.name, seed)]
+        return metric, dict(record)
 
     def _reference(self, task, seed, cfg, dev) -> dict:
         """The uncompressed fine-tuned model's metrics (the ``none`` cell), computed once; the
