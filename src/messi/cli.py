@@ -126,7 +126,7 @@ def compress(
     text_column: str = typer.Option("text", "--text-column", help="Column/key of the text in .jsonl/.csv/.tsv calibration files."),
     weight_alpha: float = typer.Option(DEFAULT_ALPHA, "--weight-alpha", help="Row weight = (count + alpha) ** power; alpha > 0 keeps unseen tokens in the fit."),
     weight_power: float = typer.Option(DEFAULT_POWER, "--weight-power", help="Row weight exponent in [0, 4]; 0 = all rows equal."),
-    output_texts: int = typer.Option(DEFAULT_OUTPUT_TEXTS, "--output-texts", help="With --calibration: how many calibration "
+    output_texts: int = typer.Option(DEFAULT_OUTPUT_TEXTS, "--output-texts", help="With --calibration and --target embedding: how many calibration "
                                      "texts measure what the model's output feels of an embedding row's error (one "
                                      "backward pass per 32 texts); the embedding fit then minimises that. 0: plain "
                                      "row error."),
@@ -184,7 +184,7 @@ def compress(
                         text_column, weight_alpha, weight_power, texts=texts)
         if target != "embedding":
             inputs = calibration_batches(tokenizer, texts)
-        if output_texts and target != "linear":
+        if output_texts and target == "embedding":  # measured there; --target all keeps its measured default
             metric, cal.output_metric = _output_metric(net, tokenizer, texts, output_texts, model)
     compress_model(net, method=method, ratio=ratio, k=k, rank=rank, seed=seed, n_init=n_init, max_iter=max_iter,
                    init_size=init_size or None, loss=loss, verbose=True, row_weights=None if cal is None else cal.weights,
