@@ -145,3 +145,17 @@ def test_bad_weighting_or_output_texts_fail_before_loading(tmp_path):
                           "--output-texts")
     assert_one_line_error(run("compress", "--calibration", "glue:rte", "--weight-alpha", "0", tmp_path / "o"),
                           "--weight-alpha")
+
+
+def test_output_aware_by_default_only_where_it_was_chosen():
+    """Sentence-embedding / plain encoders get the output metric by default; a model with a task
+    head does not (nothing chose it there)."""
+    import transformers
+
+    from messi.calibration import DEFAULT_OUTPUT_TEXTS
+    from messi.cli import default_output_texts
+
+    config = transformers.BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=16)
+    assert default_output_texts(transformers.BertModel(config)) == DEFAULT_OUTPUT_TEXTS
+    assert default_output_texts(transformers.BertForSequenceClassification(config)) == 0

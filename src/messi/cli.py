@@ -126,10 +126,11 @@ def compress(
     text_column: str = typer.Option("text", "--text-column", help="Column/key of the text in .jsonl/.csv/.tsv calibration files."),
     weight_alpha: float = typer.Option(DEFAULT_ALPHA, "--weight-alpha", help="Row weight = (count + alpha) ** power; alpha > 0 keeps unseen tokens in the fit."),
     weight_power: float = typer.Option(DEFAULT_POWER, "--weight-power", help="Row weight exponent in [0, 4]; 0 = all rows equal."),
-    output_texts: int = typer.Option(DEFAULT_OUTPUT_TEXTS, "--output-texts", help="With --calibration and --target embedding: how many calibration "
+    output_texts: Optional[int] = typer.Option(None, "--output-texts", help="With --calibration and --target embedding: how many calibration "
                                      "texts measure what the model's output feels of an embedding row's error (one "
                                      "backward pass per 32 texts); the embedding fit then minimises that. 0: plain "
-                                     "row error."),
+                                     f"row error. Default: {DEFAULT_OUTPUT_TEXTS} for a sentence-embedding or plain "
+                                     "encoder (where it was chosen), 0 for a model with a task head."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="GLUE folder for glue:TASK calibration sources."),
 ):
     """Compress a model's input embedding, its Linear layers or both; write an HF folder plus messi.json.
@@ -154,7 +155,8 @@ def compress(
     checks.integer("--n-init", n_init, 1, 1000)
     checks.integer("--max-iter", max_iter, 1, 100_000)
     checks.integer("--init-size", init_size, 0)
-    checks.integer("--output-texts", output_texts, 0)
+    if output_texts is not None:
+        checks.integer("--output-texts", output_texts, 0)
     if loss not in ("l2", "l1", "huber"):
         raise MessiError(f"--loss must be l2, l1 or huber, got {loss!r}")
     if rank is not None:
@@ -184,6 +186,7 @@ def compress(
                         text_column, weight_alpha, weight_power, texts=texts)
         if target != "embedding":
             inputs = calibration_batches(tokenizer, texts)
+        output_texts = default_output_texts(net) if output_texts is None else output_texts
         if output_texts and target == "embedding":  # measured there; --target all keeps its measured default
             metric, cal.output_metric = _output_metric(net, tokenizer, texts, output_texts, model)
     compress_model(net, method=method, ratio=ratio, k=k, rank=rank, seed=seed, n_init=n_init, max_iter=max_iter,
@@ -210,6 +213,15 @@ def info(
         typer.echo(json.dumps(data, indent=2))
     else:
         console.print(info_table(data, str(directory)))
+
+
+def default_output_texts(net) -> int:
+    """``--output-texts`` when not given: DEFAULT_OUTPUT_TEXTS for a model whose output is its
+    token states or sentence embedding (the output-aware fit was chosen on such a model's
+    zero-shot STS-B train pairs), 0 for a model with a task head, for which nothing chose it."""
+    from .calibration import has_sequence_head
+
+    return 0 if has_sequence_head(net) else DEFAULT_OUTPUT_TEXTS
 
 
 def _output_metric(net, tokenizer, texts, max_texts: int, model) -> tuple:
