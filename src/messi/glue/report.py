@@ -238,7 +238,8 @@ def _plot(scores, params, tasks, path: Path, drops, columns: list[str]) -> None:
 
 
 def _color(method: str) -> str:
-    """One colour per method in both panels: SVD blue, MESSI orange, calibrated green / red, output-aware purple / brown."""
+    """One colour per method in both panels: SVD blue, MESSI orange, calibrated green / red,
+    calibrated and output-aware purple / brown."""
     return {"svd": "C0", "messi": "C1", "svd+cal": "C2", "messi+cal": "C3", "svd+cal+out": "C4",
             "messi+cal+out": "C5"}.get(method, "C6")
 

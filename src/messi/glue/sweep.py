@@ -36,7 +36,7 @@ from .train import (TrainConfig, evaluate, fine_tune, load_classifier, run_recor
 PROTOCOLS = ("paper", "compress-first")
 #: Methods a sweep knows; "+cal" ones weigh the embedding rows by the task's own train text;
 #: "+cal+out" ones also fit under the classifier's output metric (``calibration.output_sensitivity``
-#: of its logits, on train inputs), as ``messi compress --calibration`` does by default.
+#: of its logits, on train inputs; ``messi compress --output-texts N`` on a classifier).
 METHODS = ("none", "svd", "messi", "svd+cal", "messi+cal", "svd+cal+out", "messi+cal+out")
 
 
