@@ -75,6 +75,7 @@ class Study:
         self._base = None
         self._load = lambda: load_pretrained(model_ref)
         self._counts: dict[tuple[str, ...], torch.Tensor] = {}
+        self._texts: dict[tuple[str, ...], list[str]] = {}
         self._metrics: dict[tuple, torch.Tensor] = {}
         self.reference_counts = reference_counts
         self.results: dict[str, dict] = self._read_results()
@@ -95,17 +96,24 @@ class Study:
             self._base = self._load()
         return self._base
 
+    def texts(self, sources: tuple[str, ...]) -> list[str]:
+        """All texts of ``sources``, read once for the counts and the output metric (cached)."""
+        if sources not in self._texts:
+            self._texts[sources] = read_all(list(sources), self.data_dir)
+        return self._texts[sources]
+
     def counts(self, sources: tuple[str, ...]) -> torch.Tensor:
         """Token counts (n,) of all texts of ``sources`` together (cached)."""
         if sources not in self._counts:
             n = self.base.get_input_embeddings().num_embeddings
-            self._counts[sources] = calibrate(self.tokenizer, list(sources), n, self.data_dir).counts
+            self._counts[sources] = calibrate(self.tokenizer, list(sources), n, self.data_dir,
+                                              texts=self.texts(sources)).counts
         return self._counts[sources]
 
     def metric(self, sources: tuple[str, ...], texts: int) -> torch.Tensor:
         """The base model's output metric (d, d) on ``texts`` of the sources' texts (cached)."""
         if (sources, texts) not in self._metrics:
-            batches = calibration_batches(self.tokenizer, read_all(list(sources), self.data_dir), max_texts=texts)
+            batches = calibration_batches(self.tokenizer, self.texts(sources), max_texts=texts)
             self._metrics[(sources, texts)] = output_sensitivity(self.base, batches, self.pooling)
         return self._metrics[(sources, texts)]
 
