@@ -16,7 +16,7 @@ import messi
 from conftest import svd_projection
 from messi import MessiError
 from messi.compress import _best_fit, install_empty
-from messi.factorize import output_error
+from messi.factorize import relative_error
 from messi.glue.data import find_data_dir
 from messi.linear import FactorizedLinear, ProjectiveLinear, _FactoredLinear
 from messi.targets import linear_targets
@@ -130,7 +130,7 @@ def test_activation_aware_fit_lowers_the_output_error_on_its_inputs():
     settings = dict(seed=0, n_init=1, max_iter=10, tol=1e-4, loss="l2", verbose=False)
     plain = _best_fit(W, 6, "svd", 1, False, ("rows",), None, None, settings)[0].reconstruct()
     aware = _best_fit(W, 6, "svd", 1, False, ("rows",), C, None, settings)[0].reconstruct()
-    assert output_error(W, aware, C) < 0.8 * output_error(W, plain, C)
+    assert relative_error(W, aware, moments=C) < 0.8 * relative_error(W, plain, moments=C)
 
 
 def test_sensitivities_are_measured_and_recorded():
@@ -431,8 +431,6 @@ def test_target_all_fits_the_embedding_under_its_output_metric():
     """The metric reaches the embedding's fit in the whole-model path: the recorded output-side
     error is the error under the metric of the table installed, and a metric that weighs some
     dimensions 100x changes the table against the plain weighted fit."""
-    from messi.factorize import relative_error
-
     w = torch.rand(3000, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     G = torch.diag(torch.tensor([100.0] * 8 + [1.0] * 24, dtype=torch.float64))
     tables = {}
@@ -523,7 +521,7 @@ def test_best_fit_search_tries_two_subspaces():
 
 
 def test_best_fit_paths_equal_the_fits_they_name():
-    from messi.factorize import factorize, messi_factorize, relative_error, whitening
+    from messi.factorize import factorize, messi_factorize, whitening
 
     g = torch.Generator().manual_seed(2)
     M = torch.randn(30, 12, generator=g)
@@ -535,7 +533,7 @@ def test_best_fit_paths_equal_the_fits_they_name():
     by_hand = svd_projection(M.double() @ S, 4) @ S_inv
     assert (kk, j, orientation) == (1, 4, "rows")
     assert torch.allclose(f.reconstruct().double(), by_hand, atol=1e-4)
-    assert err == pytest.approx(output_error(M, by_hand, C), rel=1e-4)
+    assert err == pytest.approx(relative_error(M, by_hand, moments=C), rel=1e-4)
     # messi without search: k subspaces of the rows at the given rank, weighted rows, these settings
     f, kk, j, orientation, err = _best_fit(M, 4, "messi", 3, False, ("rows",), None, w, SETTINGS)
     want = messi_factorize(M, 3, 4, sample_weight=w, **SETTINGS).reconstruct()
@@ -551,15 +549,13 @@ def test_best_fit_paths_equal_the_fits_they_name():
     want = factorize(cols.T, "messi", 3, 1, Cc.diagonal().float(), **settings).reconstruct().T
     assert not torch.equal(want, factorize(cols.T, "messi", 3, 1, Cc.diagonal().float()).reconstruct().T)
     assert torch.equal(f.reconstruct().T, want)
-    assert err == pytest.approx(output_error(cols, want, Cc), abs=1e-9)
+    assert err == pytest.approx(relative_error(cols, want, moments=Cc), abs=1e-9)
 
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("method, k", [("svd", 1), ("messi", 2)])
 def test_fit_linear_target_installs_what_it_records(bias, method, k):
     from messi.compress import _fit_linear_target
-    from messi.factorize import relative_error
-
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 24, bias=bias)).eval()
     W = model[0].weight.detach().clone()

@@ -162,9 +162,3 @@ def factorize(A, method: str, k: int, rank: int, sample_weight=None, moments=Non
     white = factorize((X.double() @ S).to(X.dtype), method, k, rank, sample_weight, **settings)
     bases = (white.bases.double() @ S_inv).to(X.dtype)
     return Factors(white.coords.to(X.dtype), bases, white.labels)
-
-
-def output_error(A: torch.Tensor, approx: torch.Tensor, moments=None) -> float:
-    """|(A - approx) x|^2 / |A x|^2 summed over inputs x with second moments ``moments`` (d, d):
-    the relative error of a Linear layer's output (the plain relative error without moments)."""
-    return relative_error(A, approx, moments=moments)
