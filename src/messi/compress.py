@@ -143,7 +143,7 @@ def _check_metric(metric, d: int):
         shape = tuple(metric.shape) if isinstance(metric, torch.Tensor) else type(metric).__name__
         raise MessiError(f"embedding_metric must be a finite ({d}, {d}) tensor for this embedding, got {shape}; "
                          "compute it with messi.output_sensitivity on this model")
-    return metric.detach().double().cpu()
+    return metric.detach().double()
 
 
 def _count_params(model: nn.Module) -> int:
@@ -194,7 +194,7 @@ def _spectrum(M: torch.Tensor, moments=None, weights=None) -> torch.Tensor:
     weighted by ``weights``), descending."""
     X = M.detach().double()
     if moments is not None:
-        X = X @ whitening(moments)[0]
+        X = X @ whitening(moments.to(X.device))[0]
     if weights is not None:
         X = X * weights.double().sqrt()[:, None]
     return torch.linalg.svdvals(X).square()

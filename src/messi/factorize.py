@@ -158,7 +158,7 @@ def factorize(A, method: str, k: int, rank: int, sample_weight=None, moments=Non
     if moments is None:
         return svd_factorize(X, rank, sample_weight) if method == "svd" else \
             messi_factorize(X, k, rank, sample_weight, **settings)
-    S, S_inv = whitening(moments)
+    S, S_inv = whitening(moments.to(X.device))  # moments are collected on the CPU; the matrix may be elsewhere
     white = factorize((X.double() @ S).to(X.dtype), method, k, rank, sample_weight, **settings)
     bases = (white.bases.double() @ S_inv).to(X.dtype)
     return Factors(white.coords.to(X.dtype), bases, white.labels)
