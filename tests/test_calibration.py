@@ -263,3 +263,130 @@ def test_calibration_batches_read_pairs_as_pairs(tokenizer):
     decoded = sorted(tokenizer.decode(ids[m.bool()]) for b in batches for ids, m in zip(b["input_ids"], b["attention_mask"]))
     assert decoded == sorted(tokenizer.decode(tokenizer(a, b, truncation=True, max_length=128)["input_ids"])
                              for a, b in pairs)
+
+
+def _tiny_bert(num_labels=3, seed=0):
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(vocab_size=40, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=16, num_labels=num_labels)
+    return transformers.BertForSequenceClassification(config).eval()
+
+
+def test_output_sensitivity_of_an_unnormalised_cls_output_and_a_model_left_as_found():
+    """CLS pooling without normalisation against the long way; a model in training mode comes
+    back in training mode, and the hook on its embedding is gone."""
+    from messi.calibration import output_sensitivity
+    from messi.evaluate import Pooling
+
+    encoder = _tiny_bert().bert
+    ids = torch.randint(1, 40, (3, 4), generator=torch.Generator().manual_seed(1))
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]])
+    batch = {"input_ids": ids, "attention_mask": mask}
+
+    def cls(rows):
+        return encoder(inputs_embeds=rows, attention_mask=mask)[0][:, 0]
+
+    encoder.train()
+    got = output_sensitivity(encoder, [batch], Pooling("cls", False), seed=5)
+    assert encoder.training and not encoder.get_input_embeddings()._forward_hooks
+    encoder.eval()
+    expected = _exact_probe_metric(encoder, batch, cls, seed=5)
+    # unnormalised outputs: entries up to ~1e3, so float32's rounding is measured against the scale
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-6 * float(expected.abs().max()))
+    # another seed is another probe: a different (still unbiased) estimate
+    assert not torch.allclose(got, output_sensitivity(encoder, [batch], Pooling("cls", False), seed=6))
+
+
+def test_output_sensitivity_averages_over_the_real_tokens_of_every_batch():
+    """Two batches give the token-weighted mean of their separate estimates (the probe of the
+    second batch is the generator's next draw, so it is checked through the sum, not per batch)."""
+    from messi.calibration import output_sensitivity
+
+    classifier = _tiny_bert()
+    g = torch.Generator().manual_seed(2)
+    a = {"input_ids": torch.randint(1, 40, (2, 5), generator=g), "attention_mask": torch.tensor([[1] * 5, [1, 1, 0, 0, 0]])}
+    b = {"input_ids": torch.randint(1, 40, (1, 3), generator=g), "attention_mask": torch.ones(1, 3, dtype=torch.int64)}
+    both = output_sensitivity(classifier, [a, b])
+    first = output_sensitivity(classifier, [a])
+    assert not torch.allclose(both, first)
+    # the first batch alone, scaled by its 7 of the 10 real tokens, is part of the mean of both
+    rest = (both * 10 - first * 7) / 3
+    assert float(torch.linalg.eigvalsh(rest).min()) > -1e-9  # a sum of g g^T: positive semi-definite
+    assert torch.linalg.matrix_rank(rest, atol=1e-10) <= 3  # 3 tokens, one g each
+
+
+def test_output_metric_records_what_it_measured():
+    from messi.calibration import output_metric, output_sensitivity
+    from messi.evaluate import Pooling
+
+    classifier = _tiny_bert()
+    batches = [{"input_ids": torch.randint(1, 40, (n, 4), generator=torch.Generator().manual_seed(n)),
+                "attention_mask": torch.ones(n, 4, dtype=torch.int64)} for n in (3, 2)]
+    G, record = output_metric(classifier, batches)
+    assert record == {"texts": 5, "output": "task head logits", "probe": "one Gaussian probe per text, seed 0"}
+    assert torch.equal(G, output_sensitivity(classifier, batches))
+    _, record = output_metric(classifier.bert, batches, Pooling("mean", True))
+    assert record["output"] == "sentence embedding (mean pooling, normalised)"
+    _, record = output_metric(classifier.bert, batches, Pooling("cls", False))
+    assert record["output"] == "sentence embedding (cls pooling)"
+    _, record = output_metric(classifier.bert, batches)
+    assert record["output"] == "sentence embedding (mean pooling)"
+
+
+def test_calibration_batches_truncate_spread_and_refuse_empty_text(tokenizer):
+    from messi.calibration import calibration_batches
+
+    texts = [f"text number {i} " + "word " * (3 * i) for i in range(10)]
+    batches = calibration_batches(tokenizer, texts, max_texts=100, batch_size=4, max_length=16)
+    assert [len(b["input_ids"]) for b in batches] == [4, 4, 2]  # all 10 when fewer than max_texts
+    assert max(b["input_ids"].shape[1] for b in batches) == 16
+    spread = calibration_batches(tokenizer, texts, max_texts=3, batch_size=8)
+    firsts = sorted(tokenizer.decode(ids[m.bool()], skip_special_tokens=True).split()[2]
+                    for b in spread for ids, m in zip(b["input_ids"], b["attention_mask"]))
+    assert firsts == ["0", "3", "6"]  # every third text, the first three of them
+    with pytest.raises(MessiError, match="no text"):
+        calibration_batches(tokenizer, ["  ", ""])
+    with pytest.raises(MessiError, match="no text"):
+        calibration_batches(tokenizer, [(" ", "second")])
+
+
+def test_more_sources_tsv_blank_rows_and_bad_bytes(tmp_path):
+    (tmp_path / "a.tsv").write_text("id\ttext\n1\tone, with a comma\n2\t\n3\tthree\n")
+    assert read_texts(str(tmp_path / "a.tsv")) == ["one, with a comma", "three"]
+    (tmp_path / "b.jsonl").write_text('{"text": "one"}\n\n   \n{"text": "  "}\n{"text": "two"}\n')
+    assert read_texts(str(tmp_path / "b.jsonl")) == ["one", "two"]
+    (tmp_path / "c.txt").write_text("first\n   \nsecond\n")
+    assert read_texts(str(tmp_path / "c.txt")) == ["first", "second"]
+    (tmp_path / "d.jsonl").write_text('{"text": 3}\n')
+    with pytest.raises(MessiError, match="not a string"):
+        read_texts(str(tmp_path / "d.jsonl"))
+    (tmp_path / "e.jsonl").write_text('["text"]\n')
+    with pytest.raises(MessiError, match="no 'text' field"):
+        read_texts(str(tmp_path / "e.jsonl"))
+    (tmp_path / "f.txt").write_bytes(b"ok\n\xff\xfe bad\n")
+    with pytest.raises(MessiError, match="not UTF-8"):
+        read_texts(str(tmp_path / "f.txt"))
+
+
+def test_token_counts_batches_and_a_too_small_table(tokenizer):
+    texts = read_texts("glue:rte")[:30]
+    assert torch.equal(token_counts(tokenizer, texts, batch_size=7), token_counts(tokenizer, texts))
+    assert token_counts(tokenizer, texts, num_embeddings=40000).shape == (40000,)
+    with pytest.raises(MessiError, match="embedding has 1000 rows"):
+        token_counts(tokenizer, texts, num_embeddings=1000)
+
+
+def test_calibrate_checks_its_settings_before_reading(tokenizer, tmp_path):
+    with pytest.raises(MessiError, match="no calibration source"):
+        calibrate(tokenizer, [], 30522)
+    missing = str(tmp_path / "missing.txt")
+    with pytest.raises(MessiError, match="alpha"):
+        calibrate(tokenizer, [missing], 30522, alpha=0.0)
+    with pytest.raises(MessiError, match="power"):
+        calibrate(tokenizer, [missing], 30522, power=4.5)
+    calibrate(tokenizer, ["glue:wnli"], 30522, alpha=1e-6, power=4.0)  # both edges are allowed
+    (tmp_path / "t.txt").write_text("a b\n")
+    given = calibrate(tokenizer, [str(tmp_path / "t.txt")], 30522, texts=["the cat", "the dog"])
+    assert given.n_texts == 2 and int(given.counts.sum()) == 8  # the texts given, not the file's
