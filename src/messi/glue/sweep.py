@@ -7,7 +7,9 @@ Layout of a sweep folder::
     SWEEP/<task>/seed-<s>/<method>-r<ratio>/metrics.json
 
 Every file is written atomically and a finished cell is never redone, so a sweep killed at any
-point (kill -9 included) restarts where it stopped.
+point (kill -9 included) restarts where it stopped. A finished cell run with other settings
+(training options, recovery epochs, k, protocol) stops the sweep with an error instead of being
+mixed into a table it does not belong to.
 
 Under ``torchrun`` / ``accelerate launch`` every process runs every cell together (training is
 data-parallel, evaluation gathers all predictions), but only the main process reads the folder,
@@ -17,6 +19,7 @@ compresses and writes; what it decides (a cell is done, a base is cached) and wh
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -104,15 +107,34 @@ class Sweep:
             for task, seed, method, ratio in cells:
                 target = self.out / task.name / f"seed-{seed}" / cell_name(method, ratio) / "metrics.json"
                 bar.set_postfix_str(f"{task.name} seed {seed} {cell_name(method, ratio)}")
-                if not distributed.main_answers(lambda: _read(target) is not None):  # missing or corrupt: (re)do it
+                done = distributed.main_answers(lambda: _read(target))
+                if done is None:  # missing or corrupt: (re)do it
                     self._run_cell(task, seed, method, ratio, target)
+                else:
+                    self._check_settings(done, target, method, seed)
                 bar.update(1)
         return self.out
 
     def _cfg(self, seed: int) -> TrainConfig:
-        import dataclasses
-
         return dataclasses.replace(self.cfg, seed=seed)
+
+    def _check_settings(self, record: dict, target: Path, method: str, seed: int) -> None:
+        """MessiError naming the first setting a finished cell's ``record`` was run with that this
+        sweep would run it with differently (a setting the record does not hold is not compared)."""
+        config = record.get("config") or {}
+        ran = {f"--{key.replace('_', '-')}": config[key] for key in config}
+        wanted = {f"--{key.replace('_', '-')}": value for key, value in dataclasses.asdict(self._cfg(seed)).items()}
+        ran["--protocol"], wanted["--protocol"] = record.get("protocol", self.protocol), self.protocol
+        if method != "none":
+            flag = "--recovery-epochs" if self.protocol == "paper" else "--epochs"
+            wanted[flag] = self.recovery_epochs if self.protocol == "paper" else self.cfg.epochs
+            ran[flag] = record.get("epochs", wanted[flag])  # "epochs": what the cell itself trained
+            if method.startswith("messi"):
+                ran["--k"], wanted["--k"] = record.get("k", self.k), self.k
+        for flag, now in wanted.items():
+            if flag in ran and ran[flag] != now:
+                raise MessiError(f"{target.parent} was run with {flag} {ran[flag]} and this sweep asks for {now}; "
+                                 "resume with the same settings, or give another --output-dir")
 
     def _splits(self, task, cfg):
         train, dev = self.data[task.name]
