@@ -30,8 +30,9 @@ declare -A GUARD=(
   [linear]="src/messi/linear.py|tests/test_linear.py tests/test_whole_model.py"
   [allocate]="src/messi/allocate.py|tests/test_allocate.py"
   [tensorfile]="src/messi/tensorfile.py|tests/test_tensorfile.py"
+  [calibration]="src/messi/calibration.py|tests/test_calibration.py"
 )
-ALL=(metrics report factorize layers clustering compress linear allocate tensorfile)
+ALL=(metrics report factorize layers clustering compress linear allocate tensorfile calibration)
 
 score() {
   "$PY" "$ROOT/scripts/mutation_score.py" "$ROOT/scripts/mutation_equivalent.txt" "$WORK"/*/results.txt \
