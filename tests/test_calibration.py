@@ -169,6 +169,15 @@ def test_model_outputs_are_a_classifiers_logits_and_an_encoders_real_token_state
     assert torch.equal(model_outputs(classifier.bert, batches), states)
 
 
+def _tiny_bert(num_labels=3, seed=0):
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(vocab_size=40, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=16, num_labels=num_labels)
+    return transformers.BertForSequenceClassification(config).eval()
+
+
 def _exact_probe_metric(model, batch, out_fn, seed=0):
     """The output metric computed the long way: every token's full Jacobian (out, d) by
     torch.autograd.functional.jacobian, times the same seeded probe, summed as g g^T."""
@@ -191,18 +200,13 @@ def _exact_probe_metric(model, batch, out_fn, seed=0):
 def test_output_sensitivity_equals_the_jacobian_computed_the_long_way():
     """Oracle on a tiny BERT, both outputs: mean-pooled normalised sentence embeddings of an
     encoder, and a classifier's logits; padding tokens do not count."""
-    import transformers
-
     from messi.calibration import output_sensitivity
     from messi.evaluate import Pooling
 
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=40, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                                     intermediate_size=16, num_labels=3)
+    classifier = _tiny_bert()
     ids = torch.randint(1, 40, (2, 5))
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
     batch = {"input_ids": ids, "attention_mask": mask}
-    classifier = transformers.BertForSequenceClassification(config).eval()
     encoder = classifier.bert
 
     def sentence(rows):
@@ -263,15 +267,6 @@ def test_calibration_batches_read_pairs_as_pairs(tokenizer):
     decoded = sorted(tokenizer.decode(ids[m.bool()]) for b in batches for ids, m in zip(b["input_ids"], b["attention_mask"]))
     assert decoded == sorted(tokenizer.decode(tokenizer(a, b, truncation=True, max_length=128)["input_ids"])
                              for a, b in pairs)
-
-
-def _tiny_bert(num_labels=3, seed=0):
-    import transformers
-
-    torch.manual_seed(seed)
-    config = transformers.BertConfig(vocab_size=40, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                                     intermediate_size=16, num_labels=num_labels)
-    return transformers.BertForSequenceClassification(config).eval()
 
 
 def test_output_sensitivity_of_an_unnormalised_cls_output_and_a_model_left_as_found():
