@@ -287,6 +287,9 @@ def glue(
     preset: str = PRESET, data_dir: Optional[Path] = DATA, strict: bool = STRICT,
     save_model: bool = typer.Option(False, "--save-model", help="Also save the fine-tuned model to OUTPUT_DIR/model "
                                     "(a messi folder when compressed; `messi glue --model OUTPUT_DIR/model` reuses it)."),
+    holdout: Optional[float] = typer.Option(None, "--holdout", help="Hold this fraction of train out of training "
+                                            "and score on it instead of dev (the same rows whatever --seed): "
+                                            "choose settings there, report on dev."),
 ):
     """Fine-tune a (compressed) model on a GLUE task and evaluate it on dev.
 
@@ -297,10 +300,10 @@ def glue(
 
     cfg = _train_config(preset, epochs, learning_rate, batch_size, max_seq_length, max_train_samples,
                         max_eval_samples, seed)
-    record = run_glue(task, output_dir, model, method, ratio, k, cfg, data_dir, strict, save_model)
+    record = run_glue(task, output_dir, model, method, ratio, k, cfg, data_dir, strict, save_model, holdout)
     if not distributed.is_main():
         return
-    table = Table(title=f"{record['task']} / {record['method']}")
+    table = Table(title=f"{record['task']} / {record['method']}, scored on {record['evaluated_on']}")
     for key in ("ratio", "embedding_params", "total_params", "train_samples", "seconds"):
         table.add_row(key, f"{record[key]:.4g}" if isinstance(record[key], float) else f"{record[key]:,}")
     for key, value in record["metrics"].items():

@@ -36,6 +36,26 @@ def test_glue_on_real_rte_rows_writes_metrics(tmp_path):
     assert 0.0 <= record["metrics"]["accuracy"] <= 1.0
     assert record["train_samples"] == 16
     assert record["embedding_params"] < 0.61 * 30522 * 384
+    assert record["evaluated_on"] == "dev"
+
+
+def test_glue_holdout_scores_on_held_out_train_rows(tmp_path):
+    out = tmp_path / "rte"
+    result = run("glue", "--task", "rte", "--holdout", 0.1, "--max-train-samples", 16, "--epochs", 1,
+                 "--batch-size", 8, "--max-seq-length", 32, "--output-dir", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["evaluated_on"].startswith("train holdout (0.1 of train")
+    assert record["eval_samples"] == 249 and record["train_samples"] == 16  # 10% of RTE's 2,490 rows
+    assert "scored on train holdout" in " ".join(result.stdout.split())
+
+
+def test_bad_holdout_is_one_line_exit_2(tmp_path):
+    result = run("glue", "--task", "rte", "--holdout", 0.9, "--output-dir", tmp_path / "x")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "--holdout must be in (0, 0.5]" in errors[0]
+    assert not (tmp_path / "x" / "metrics.json").exists()
 
 
 def test_missing_task_is_one_line_exit_2(tmp_path):

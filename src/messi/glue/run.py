@@ -11,16 +11,17 @@ from ..errors import MessiError
 from ..io import check_output_folder, write_json
 from .data import get_task, read_split
 from .train import (TrainConfig, evaluate, fine_tune, load_classifier, max_positions, run_record,
-                    save_classifier, share_from_main, subsample, tokenizer_for)
+                    save_classifier, share_from_main, tokenizer_for, train_and_eval_rows, evaluated_on)
 
 METHOD_CHOICES = ("none", "svd", "messi")
 
 
 def run_glue(task_name: str, output_dir: str | Path, model_ref=None, method: str = "none",
              ratio: float = 0.4, k: int = 3, cfg: TrainConfig | None = None, data_dir=None,
-             strict: bool = False, save_model: bool = False) -> dict:
+             strict: bool = False, save_model: bool = False, holdout: float | None = None) -> dict:
     """Fine-tune ``model_ref`` (compressed first with ``method`` unless "none") on a GLUE task
-    and evaluate on dev. Writes and returns OUT/metrics.json's record; with ``save_model``
+    and evaluate on dev (or, with ``holdout``, on that fraction of train, held out of training:
+    see ``train_and_eval_rows``). Writes and returns OUT/metrics.json's record; with ``save_model``
     also the fine-tuned model to OUT/model (``load_classifier`` reads it back).
 
     Under ``torchrun`` / ``accelerate launch`` the main process compresses, every process trains
@@ -35,8 +36,7 @@ def run_glue(task_name: str, output_dir: str | Path, model_ref=None, method: str
     tokenizer = tokenizer_for(model_ref)
     cfg.validate(max_positions(model_ref, tokenizer))
     train_rows, dev_rows = read_split(task, "train", data_dir, strict), read_split(task, "dev", data_dir, strict)
-    train = subsample(train_rows, cfg.max_train_samples, cfg.seed)
-    dev = subsample(dev_rows, cfg.max_eval_samples, cfg.seed)
+    train, dev = train_and_eval_rows(train_rows, dev_rows, cfg, holdout)
     start = time.perf_counter()
     model = load_classifier(model_ref, task)
     compress_fn = None if method == "none" else (
@@ -47,7 +47,7 @@ def run_glue(task_name: str, output_dir: str | Path, model_ref=None, method: str
     info = getattr(model, "messi_config", None) or {}
     record = run_record(task, info.get("method", method), info.get("ratio", 0.0), model, cfg,
                         metrics=metrics, train_samples=len(train), eval_samples=len(dev),
-                        epochs=cfg.epochs, seconds=time.perf_counter() - start,
+                        evaluated_on=evaluated_on(holdout), epochs=cfg.epochs, seconds=time.perf_counter() - start,
                         model=str(model_ref or "minilm"),
                         skipped_rows={"train": train_rows.skipped, "dev": dev_rows.skipped})
     if distributed.is_main():

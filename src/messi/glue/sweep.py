@@ -34,7 +34,7 @@ from ..errors import MessiError
 from ..io import write_json
 from .data import get_task, read_split
 from .train import (TrainConfig, evaluate, fine_tune, load_classifier, run_record, save_classifier,
-                    share_from_main, subsample, tokenizer_for)
+                    share_from_main, tokenizer_for, train_and_eval_rows)
 
 PROTOCOLS = ("paper", "compress-first")
 #: Methods a sweep knows; "+cal" ones weigh the embedding rows by the task's own train text;
@@ -137,8 +137,7 @@ class Sweep:
                                  "resume with the same settings, or give another --output-dir")
 
     def _splits(self, task, cfg):
-        train, dev = self.data[task.name]
-        return subsample(train, cfg.max_train_samples, cfg.seed), subsample(dev, cfg.max_eval_samples, cfg.seed)
+        return train_and_eval_rows(*self.data[task.name], cfg)
 
     def _base(self, task, seed):
         """The fine-tuned uncompressed classifier for (task, seed): trained once, then cached."""

@@ -192,6 +192,38 @@ def subsample(examples: list[Example], limit: int | None, seed: int) -> list[Exa
     return random.Random(seed).sample(examples, limit)
 
 
+#: The held-out rows do not depend on --seed, so that runs with different seeds or settings
+#: are scored on the same rows when settings are chosen on them.
+HOLDOUT_SEED = 0
+
+
+def train_and_eval_rows(train_rows: list[Example], dev_rows: list[Example], cfg: TrainConfig,
+                        holdout: float | None = None) -> tuple[list[Example], list[Example]]:
+    """The rows to train on and the rows to score on.
+
+    With ``holdout`` (a fraction in (0, 0.5]) a fixed random part of the train split is held
+    out and scored instead of dev: choosing settings there leaves dev untouched for the numbers
+    one reports. Then ``cfg.max_train_samples`` / ``cfg.max_eval_samples`` subsample each side
+    with ``cfg.seed``.
+    """
+    if holdout is not None:
+        checks.real("--holdout", holdout, 0, 0.5, low_open=True)
+        order = random.Random(HOLDOUT_SEED).sample(range(len(train_rows)), len(train_rows))
+        held = max(1, round(holdout * len(train_rows)))
+        if held >= len(train_rows):
+            raise MessiError(f"--holdout {holdout:g} leaves no train row of {len(train_rows)}; "
+                             "give a larger train split or a smaller fraction")
+        dev_rows = [train_rows[i] for i in sorted(order[:held])]
+        train_rows = [train_rows[i] for i in sorted(order[held:])]
+    return (subsample(train_rows, cfg.max_train_samples, cfg.seed),
+            subsample(dev_rows, cfg.max_eval_samples, cfg.seed))
+
+
+def evaluated_on(holdout: float | None) -> str:
+    """What a run's scores were measured on, for its record."""
+    return "dev" if holdout is None else f"train holdout ({holdout:g} of train, seed {HOLDOUT_SEED})"
+
+
 def _length_grouping() -> dict:
     """TrainingArguments that batch rows of similar length (less padding: faster on CPU)."""
     params = inspect.signature(transformers.TrainingArguments).parameters

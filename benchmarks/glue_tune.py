@@ -1,0 +1,103 @@
+"""Choose each task's fine-tuning settings on rows held out of its train split, never on dev.
+
+Every (task, learning rate, epochs, sequence length, seed) cell fine-tunes the uncompressed
+model on the train split minus a fixed held-out fraction (`messi glue --holdout`) and scores
+on that fraction. The setting with the best mean score over seeds is chosen per task; the
+bases one reports are then trained on the whole train split with it and scored on dev.
+
+    python benchmarks/glue_tune.py --tasks cola,rte --learning-rates 5e-5,1e-4,2e-4 --epochs 3,6
+
+Resumable: a cell with a metrics.json is not run again. Writes OUT/tune.md (table + choice).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from messi.glue.metrics import glue_score
+from messi.glue.run import run_glue
+from messi.glue.train import TrainConfig
+from messi.io import write_text
+
+console = Console()
+
+
+def floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def setting_name(lr: float, epochs: float, length: int) -> str:
+    return f"lr-{lr:g}_ep-{epochs:g}_len-{length}"
+
+
+def run_grid(args) -> dict:
+    """scores[task][(lr, epochs, length)] -> (holdout GLUE scores over seeds, seconds over seeds)."""
+    scores: dict = {}
+    grid = list(itertools.product(args.tasks, args.learning_rates, args.epochs, args.max_seq_lengths, args.seeds))
+    for i, (task, lr, epochs, length, seed) in enumerate(grid, 1):
+        out = args.output_dir / task / setting_name(lr, epochs, length) / f"seed-{seed}"
+        path = out / "metrics.json"
+        if not path.is_file():
+            console.print(f"[{i}/{len(grid)}] {task} lr {lr:g} epochs {epochs:g} length {length} seed {seed}")
+            cfg = TrainConfig(epochs=epochs, learning_rate=lr, batch_size=args.batch_size,
+                              max_seq_length=length, seed=seed)
+            run_glue(task, out, args.model, "none", cfg=cfg, holdout=args.holdout)
+        record = json.loads(path.read_text())
+        cell = scores.setdefault(task, {}).setdefault((lr, epochs, length), ([], []))
+        cell[0].append(glue_score(record["metrics"]))
+        cell[1].append(record["seconds"])
+    return scores
+
+
+def report(scores: dict, args) -> str:
+    """A markdown table per task, best setting first marked; prints a rich table too."""
+    lines = [f"# Fine-tuning settings chosen on {args.holdout:g} of each train split (held out; dev untouched)",
+             "", f"Seeds {', '.join(map(str, args.seeds))}; batch {args.batch_size}; model {args.model or 'minilm'}.",
+             "", "| task | learning rate | epochs | length | holdout score (mean ± std) | minutes | chosen |",
+             "|---|---|---|---|---|---|---|"]
+    table = Table(title="GLUE settings on held-out train rows")
+    for col in ("task", "lr", "epochs", "length", "holdout score", "minutes", "chosen"):
+        table.add_column(col)
+    for task, cells in scores.items():
+        best = max(cells, key=lambda s: statistics.mean(cells[s][0]))
+        for (lr, epochs, length), (values, seconds) in cells.items():
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            row = [task, f"{lr:g}", f"{epochs:g}", str(length), f"{statistics.mean(values):.2f} ± {spread:.2f}",
+                   f"{statistics.mean(seconds) / 60:.1f}", "**yes**" if (lr, epochs, length) == best else ""]
+            lines.append("| " + " | ".join(row) + " |")
+            table.add_row(*[c.replace("**", "") for c in row])
+    console.print(table)
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=lambda t: t.split(","), default=["cola", "rte"])
+    parser.add_argument("--learning-rates", type=floats, default=[5e-5, 1e-4, 2e-4])
+    parser.add_argument("--epochs", type=floats, default=[3.0, 6.0])
+    parser.add_argument("--max-seq-lengths", type=ints, default=[128])
+    parser.add_argument("--seeds", type=ints, default=[42])
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--holdout", type=float, default=0.15)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--output-dir", type=Path, default=Path("runs/glue_tune"))
+    args = parser.parse_args()
+    text = report(run_grid(args), args)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    write_text(args.output_dir / "tune.md", text)
+    console.print(f"wrote {args.output_dir / 'tune.md'}")
+
+
+if __name__ == "__main__":
+    main()
