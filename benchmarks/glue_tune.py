@@ -7,7 +7,7 @@ bases one reports are then trained on the whole train split with it and scored o
 
     python benchmarks/glue_tune.py --tasks cola,rte --learning-rates 5e-5,1e-4,2e-4 --epochs 3,6
 
-Resumable: a cell with a metrics.json is not run again. Writes OUT/tune.md (table + choice).
+Resumable: a cell with a metrics.json is not run again; the table covers every cell in the\nfolder, earlier grids' too. Writes OUT/tune.md (table + choice).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from rich.table import Table
 
 from messi.glue.metrics import glue_score
 from messi.glue.run import run_glue
-from messi.glue.train import TrainConfig
+from messi.glue.train import TrainConfig, evaluated_on
 from messi.io import write_text
 
 console = Console()
@@ -41,20 +41,29 @@ def setting_name(lr: float, epochs: float, length: int) -> str:
     return f"lr-{lr:g}_ep-{epochs:g}_len-{length}"
 
 
-def run_grid(args) -> dict:
-    """scores[task][(lr, epochs, length)] -> (holdout GLUE scores over seeds, seconds over seeds)."""
-    scores: dict = {}
+def run_grid(args) -> None:
+    """Run every cell of the grid that has no metrics.json yet."""
     grid = list(itertools.product(args.tasks, args.learning_rates, args.epochs, args.max_seq_lengths, args.seeds))
     for i, (task, lr, epochs, length, seed) in enumerate(grid, 1):
         out = args.output_dir / task / setting_name(lr, epochs, length) / f"seed-{seed}"
-        path = out / "metrics.json"
-        if not path.is_file():
+        if not (out / "metrics.json").is_file():
             console.print(f"[{i}/{len(grid)}] {task} lr {lr:g} epochs {epochs:g} length {length} seed {seed}")
             cfg = TrainConfig(epochs=epochs, learning_rate=lr, batch_size=args.batch_size,
                               max_seq_length=length, seed=seed)
             run_glue(task, out, args.model, "none", cfg=cfg, holdout=args.holdout)
+
+
+def collect(output_dir: Path, holdout: float) -> dict:
+    """scores[task][(lr, epochs, length)] -> (holdout GLUE scores over seeds, seconds over seeds),
+    from every cell in ``output_dir`` scored on the same held-out rows (earlier grids included)."""
+    scores: dict = {}
+    for path in sorted(output_dir.glob("*/*/seed-*/metrics.json")):
         record = json.loads(path.read_text())
-        cell = scores.setdefault(task, {}).setdefault((lr, epochs, length), ([], []))
+        if record.get("evaluated_on") != evaluated_on(holdout):
+            continue
+        cfg = record["config"]
+        cell = scores.setdefault(record["task"], {}).setdefault(
+            (cfg["learning_rate"], cfg["epochs"], cfg["max_seq_length"]), ([], []))
         cell[0].append(glue_score(record["metrics"]))
         cell[1].append(record["seconds"])
     return scores
@@ -63,17 +72,18 @@ def run_grid(args) -> dict:
 def report(scores: dict, args) -> str:
     """A markdown table per task, best setting first marked; prints a rich table too."""
     lines = [f"# Fine-tuning settings chosen on {args.holdout:g} of each train split (held out; dev untouched)",
-             "", f"Seeds {', '.join(map(str, args.seeds))}; batch {args.batch_size}; model {args.model or 'minilm'}.",
-             "", "| task | learning rate | epochs | length | holdout score (mean ± std) | minutes | chosen |",
-             "|---|---|---|---|---|---|---|"]
+             "", f"Every cell in {args.output_dir}; batch {args.batch_size}; model {args.model or 'minilm'}; "
+             "score: the task's GLUE metrics' mean in %, on the held-out rows.",
+             "", "| task | learning rate | epochs | length | seeds | holdout score (mean ± std) | minutes | chosen |",
+             "|---|---|---|---|---|---|---|---|"]
     table = Table(title="GLUE settings on held-out train rows")
-    for col in ("task", "lr", "epochs", "length", "holdout score", "minutes", "chosen"):
+    for col in ("task", "lr", "epochs", "length", "seeds", "holdout score", "minutes", "chosen"):
         table.add_column(col)
     for task, cells in scores.items():
         best = max(cells, key=lambda s: statistics.mean(cells[s][0]))
-        for (lr, epochs, length), (values, seconds) in cells.items():
+        for (lr, epochs, length), (values, seconds) in sorted(cells.items()):
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            row = [task, f"{lr:g}", f"{epochs:g}", str(length), f"{statistics.mean(values):.2f} ± {spread:.2f}",
+            row = [task, f"{lr:g}", f"{epochs:g}", str(length), str(len(values)), f"{statistics.mean(values):.2f} ± {spread:.2f}",
                    f"{statistics.mean(seconds) / 60:.1f}", "**yes**" if (lr, epochs, length) == best else ""]
             lines.append("| " + " | ".join(row) + " |")
             table.add_row(*[c.replace("**", "") for c in row])
@@ -93,7 +103,8 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--output-dir", type=Path, default=Path("runs/glue_tune"))
     args = parser.parse_args()
-    text = report(run_grid(args), args)
+    run_grid(args)
+    text = report(collect(args.output_dir, args.holdout), args)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     write_text(args.output_dir / "tune.md", text)
     console.print(f"wrote {args.output_dir / 'tune.md'}")
