@@ -21,6 +21,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from messi import MessiError, checks
+from messi.glue.data import get_task
 from messi.glue.metrics import glue_score
 from messi.glue.run import run_glue
 from messi.glue.train import TrainConfig, evaluated_on
@@ -91,6 +93,17 @@ def report(scores: dict, args) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check(args) -> None:
+    """MessiError for a grid that cannot run, before the first hour of it."""
+    for task in args.tasks:
+        get_task(task)
+    checks.real("--holdout", args.holdout, 0, 0.5, low_open=True)
+    for lr in args.learning_rates:
+        checks.real("--learning-rates", lr, 0, 1.0, low_open=True)
+    for epochs in args.epochs:
+        checks.real("--epochs", epochs, 0, 1e6, low_open=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=lambda t: t.split(","), default=["cola", "rte"])
@@ -103,7 +116,12 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--output-dir", type=Path, default=Path("runs/glue_tune"))
     args = parser.parse_args()
-    run_grid(args)
+    try:
+        check(args)
+        run_grid(args)
+    except MessiError as e:
+        console.print(f"error: {e}", style="red", highlight=False)
+        raise SystemExit(2) from None
     text = report(collect(args.output_dir, args.holdout), args)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     write_text(args.output_dir / "tune.md", text)
