@@ -120,7 +120,7 @@ def main() -> None:
         check(args)
         run_grid(args)
     except MessiError as e:
-        console.print(f"error: {e}", style="red", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"error: {e}", style="red", highlight=False)
         raise SystemExit(2) from None
     text = report(collect(args.output_dir, args.holdout), args)
     args.output_dir.mkdir(parents=True, exist_ok=True)
