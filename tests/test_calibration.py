@@ -385,3 +385,17 @@ def test_calibrate_checks_its_settings_before_reading(tokenizer, tmp_path):
     (tmp_path / "t.txt").write_text("a b\n")
     given = calibrate(tokenizer, [str(tmp_path / "t.txt")], 30522, texts=["the cat", "the dog"])
     assert given.n_texts == 2 and int(given.counts.sum()) == 8  # the texts given, not the file's
+
+
+def test_table_and_count_edges(tokenizer, tmp_path):
+    (tmp_path / "UP.TSV").write_text("text\tid\na, b\t1\nshort\n")  # upper-case suffix: still tabs
+    assert read_texts(str(tmp_path / "UP.TSV")) == ["a, b", "short"]
+    (tmp_path / "ragged.csv").write_text("id,text\n1,kept\n2\n3,\n")  # a row without the column: left out
+    assert read_texts(str(tmp_path / "ragged.csv")) == ["kept"]
+    (tmp_path / "UP.JSONL").write_text('{"text": "json"}\n')
+    assert read_texts(str(tmp_path / "UP.JSONL")) == ["json"]
+    texts = ["the cat sat"]
+    top = int(max(tokenizer(texts)["input_ids"][0]))
+    assert token_counts(tokenizer, texts, num_embeddings=top + 1)[top] == 1  # the largest id fits exactly
+    with pytest.raises(MessiError, match=f"produced id {top} but the embedding has {top} rows"):
+        token_counts(tokenizer, texts, num_embeddings=top)
