@@ -399,3 +399,44 @@ def test_table_and_count_edges(tokenizer, tmp_path):
     assert token_counts(tokenizer, texts, num_embeddings=top + 1)[top] == 1  # the largest id fits exactly
     with pytest.raises(MessiError, match=f"produced id {top} but the embedding has {top} rows"):
         token_counts(tokenizer, texts, num_embeddings=top)
+
+
+def test_every_setting_reaches_the_reader_and_the_counts(tokenizer, tmp_path):
+    """data_dir, text_column and num_embeddings travel from calibrate to the reader and the counts;
+    alpha and power make the weights; the record names the output metric only when there is one."""
+    wnli = tmp_path / "glue" / "WNLI"
+    wnli.mkdir(parents=True)
+    header = "index\tsentence1\tsentence2\tlabel\n"
+    (wnli / "train.tsv").write_text(header + "0\tA cat sat.\tIt sat.\t1\n1\tA dog ran.\tIt ran.\t0\n")
+    (wnli / "dev.tsv").write_text(header + "0\tx\ty\t1\n")
+    cal = calibrate(tokenizer, ["glue:wnli"], 40000, data_dir=tmp_path / "glue", alpha=2.0, power=0.5)
+    assert cal.n_texts == 4 and cal.counts.shape == (40000,)  # the copy's 2 pairs, not the real 635
+    assert torch.equal(cal.weights, weights_from_counts(cal.counts, 2.0, 0.5))
+    (tmp_path / "t.csv").write_text("id,body\n1,the cat\n")
+    assert calibrate(tokenizer, [str(tmp_path / "t.csv")], 30522, text_column="body").n_texts == 1
+    assert "output_metric" not in cal.record()
+    cal.output_metric = {"texts": 4}
+    assert cal.record()["output_metric"] == {"texts": 4}
+
+
+def test_readers_keep_each_text_as_written_and_name_the_bad_line(tmp_path):
+    (tmp_path / "a.txt").write_text("ends in X\ntrailing space  \n")
+    assert read_texts(str(tmp_path / "a.txt")) == ["ends in X", "trailing space  "]
+    long = "word " * 40
+    (tmp_path / "b.csv").write_bytes(f'id,text\n1,"two\r\nlines"\n2,{long}\n'.encode())
+    assert read_texts(str(tmp_path / "b.csv")) == ["two\r\nlines", long]  # quoted newlines kept, long fields read
+    (tmp_path / "c.jsonl").write_text('{"text": "ok"}\n{oops\n')
+    with pytest.raises(MessiError, match=r"c\.jsonl:2: not valid JSON"):
+        read_texts(str(tmp_path / "c.jsonl"))
+
+
+def test_weighting_errors_name_their_flag():
+    from messi.calibration import check_weighting
+
+    with pytest.raises(MessiError, match="--weight-alpha"):
+        check_weighting(0.0, 1.0)
+    with pytest.raises(MessiError, match="--weight-power"):
+        check_weighting(1.0, 5.0)
+    with pytest.raises(MessiError, match="--weight-power"):
+        check_weighting(1.0, -0.5)
+    check_weighting(1.0, 0.0)
