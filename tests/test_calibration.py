@@ -414,6 +414,10 @@ def test_every_setting_reaches_the_reader_and_the_counts(tokenizer, tmp_path):
     assert torch.equal(cal.weights, weights_from_counts(cal.counts, 2.0, 0.5))
     (tmp_path / "t.csv").write_text("id,body\n1,the cat\n")
     assert calibrate(tokenizer, [str(tmp_path / "t.csv")], 30522, text_column="body").n_texts == 1
+    (tmp_path / "t.jsonl").write_text('{"text": "a b"}\n')  # the default column is "text"
+    assert calibrate(tokenizer, [str(tmp_path / "t.jsonl")], 30522).n_texts == 1
+    from messi.calibration import read_all
+    assert read_all([str(tmp_path / "t.jsonl"), str(tmp_path / "t.jsonl")]) == ["a b", "a b"]
     assert "output_metric" not in cal.record()
     cal.output_metric = {"texts": 4}
     assert cal.record()["output_metric"] == {"texts": 4}
@@ -433,10 +437,10 @@ def test_readers_keep_each_text_as_written_and_name_the_bad_line(tmp_path):
 def test_weighting_errors_name_their_flag():
     from messi.calibration import check_weighting
 
-    with pytest.raises(MessiError, match="--weight-alpha"):
+    with pytest.raises(MessiError, match=r"^--weight-alpha \(the weighting's alpha\) must be"):
         check_weighting(0.0, 1.0)
-    with pytest.raises(MessiError, match="--weight-power"):
+    with pytest.raises(MessiError, match=r"^--weight-power \(the weighting's power\) must be"):
         check_weighting(1.0, 5.0)
-    with pytest.raises(MessiError, match="--weight-power"):
+    with pytest.raises(MessiError, match=r"^--weight-power"):
         check_weighting(1.0, -0.5)
     check_weighting(1.0, 0.0)

@@ -136,7 +136,7 @@ def read_texts(source: str, data_dir=None, text_column: str = "text") -> list[st
             elif suffix in (".csv", ".tsv"):
                 texts = _read_table(path, text_column)
             else:
-                texts = [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines()]
+                texts = path.read_text(encoding="utf-8").splitlines()
         except UnicodeDecodeError as e:
             raise MessiError(f"{path} is not UTF-8 text (byte {e.start}); convert it to UTF-8") from e
     texts = [t for t in texts if t.strip()]
