@@ -32,14 +32,17 @@ console = Console()
 
 
 def floats(text: str) -> list[float]:
+    """"5e-5,1e-4" -> [5e-05, 0.0001]."""
     return [float(x) for x in text.split(",") if x.strip()]
 
 
 def ints(text: str) -> list[int]:
+    """"42,43" -> [42, 43]."""
     return [int(x) for x in text.split(",") if x.strip()]
 
 
 def setting_name(lr: float, epochs: float, length: int) -> str:
+    """The folder of one setting, e.g. lr-5e-05_ep-6_len-128."""
     return f"lr-{lr:g}_ep-{epochs:g}_len-{length}"
 
 
