@@ -7,7 +7,8 @@ bases one reports are then trained on the whole train split with it and scored o
 
     python benchmarks/glue_tune.py --tasks cola,rte --learning-rates 5e-5,1e-4,2e-4 --epochs 3,6
 
-Resumable: a cell with a metrics.json is not run again; the table covers every cell in the\nfolder, earlier grids' too. Writes OUT/tune.md (table + choice).
+Resumable: a cell with a metrics.json is not run again; the table covers every cell in the
+folder, earlier grids' too. Writes OUT/tune.md (table + choice).
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from messi import MessiError, checks
+from messi import MessiError
 from messi.glue.data import get_task
 from messi.glue.metrics import glue_score
 from messi.glue.run import run_glue
-from messi.glue.train import TrainConfig, evaluated_on
+from messi.glue.train import TrainConfig, check_holdout, evaluated_on
 from messi.io import write_text
 
 console = Console()
@@ -46,15 +47,22 @@ def setting_name(lr: float, epochs: float, length: int) -> str:
     return f"lr-{lr:g}_ep-{epochs:g}_len-{length}"
 
 
-def run_grid(args) -> None:
-    """Run every cell of the grid that has no metrics.json yet."""
-    grid = list(itertools.product(args.tasks, args.learning_rates, args.epochs, args.max_seq_lengths, args.seeds))
-    for i, (task, lr, epochs, length, seed) in enumerate(grid, 1):
-        out = args.output_dir / task / setting_name(lr, epochs, length) / f"seed-{seed}"
+def grid(args) -> list[tuple[str, TrainConfig]]:
+    """(task, settings) of every cell, each setting checked as `messi glue` checks it."""
+    return [(task, TrainConfig(epochs=epochs, learning_rate=lr, batch_size=args.batch_size,
+                               max_seq_length=length, seed=seed).validate())
+            for task, lr, epochs, length, seed in itertools.product(
+                args.tasks, args.learning_rates, args.epochs, args.max_seq_lengths, args.seeds)]
+
+
+def run_grid(args, cells: list[tuple[str, TrainConfig]]) -> None:
+    """Run every cell that has no metrics.json yet."""
+    for i, (task, cfg) in enumerate(cells, 1):
+        out = (args.output_dir / task / setting_name(cfg.learning_rate, cfg.epochs, cfg.max_seq_length)
+               / f"seed-{cfg.seed}")
         if not (out / "metrics.json").is_file():
-            console.print(f"[{i}/{len(grid)}] {task} lr {lr:g} epochs {epochs:g} length {length} seed {seed}")
-            cfg = TrainConfig(epochs=epochs, learning_rate=lr, batch_size=args.batch_size,
-                              max_seq_length=length, seed=seed)
+            console.print(f"[{i}/{len(cells)}] {task} lr {cfg.learning_rate:g} epochs {cfg.epochs:g} "
+                          f"length {cfg.max_seq_length} seed {cfg.seed}")
             run_glue(task, out, args.model, "none", cfg=cfg, holdout=args.holdout)
 
 
@@ -96,17 +104,6 @@ def report(scores: dict, args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def check(args) -> None:
-    """MessiError for a grid that cannot run, before the first hour of it."""
-    for task in args.tasks:
-        get_task(task)
-    checks.real("--holdout", args.holdout, 0, 0.5, low_open=True)
-    for lr in args.learning_rates:
-        checks.real("--learning-rates", lr, 0, 1.0, low_open=True)
-    for epochs in args.epochs:
-        checks.real("--epochs", epochs, 0, 1e6, low_open=True)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=lambda t: t.split(","), default=["cola", "rte"])
@@ -120,8 +117,11 @@ def main() -> None:
     parser.add_argument("--output-dir", type=Path, default=Path("runs/glue_tune"))
     args = parser.parse_args()
     try:
-        check(args)
-        run_grid(args)
+        # every task and setting is checked before the first hour of training
+        for task in args.tasks:
+            get_task(task)
+        check_holdout(args.holdout)
+        run_grid(args, grid(args))
     except MessiError as e:
         Console(stderr=True, soft_wrap=True).print(f"error: {e}", style="red", highlight=False)
         raise SystemExit(2) from None

@@ -197,6 +197,11 @@ def subsample(examples: list[Example], limit: int | None, seed: int) -> list[Exa
 HOLDOUT_SEED = 0
 
 
+def check_holdout(fraction: float) -> float:
+    """``fraction`` if it is a held-out share ``train_and_eval_rows`` takes, (0, 0.5]; else MessiError."""
+    return checks.real("--holdout", fraction, 0, 0.5, low_open=True)
+
+
 def train_and_eval_rows(train_rows: list[Example], dev_rows: list[Example], cfg: TrainConfig,
                         holdout: float | None = None) -> tuple[list[Example], list[Example]]:
     """The rows to train on and the rows to score on.
@@ -207,7 +212,7 @@ def train_and_eval_rows(train_rows: list[Example], dev_rows: list[Example], cfg:
     with ``cfg.seed``.
     """
     if holdout is not None:
-        checks.real("--holdout", holdout, 0, 0.5, low_open=True)
+        check_holdout(holdout)
         order = random.Random(HOLDOUT_SEED).sample(range(len(train_rows)), len(train_rows))
         held = max(1, round(holdout * len(train_rows)))
         if held >= len(train_rows):
