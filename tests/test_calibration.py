@@ -444,3 +444,96 @@ def test_weighting_errors_name_their_flag():
     with pytest.raises(MessiError, match=r"^--weight-power"):
         check_weighting(1.0, -0.5)
     check_weighting(1.0, 0.0)
+
+
+def test_calibration_batches_defaults_and_ties_kept_in_source_order(tokenizer):
+    """Defaults: 256 texts, batches of 32, 128 tokens. Texts cut to the same length keep their
+    order in the sources (a stable sort on the truncated length, not on the text)."""
+    from messi.calibration import calibration_batches
+
+    batches = calibration_batches(tokenizer, [f"sentence {i} " + "word " * (i % 200) for i in range(300)])
+    assert sum(len(b["input_ids"]) for b in batches) == 256
+    assert [len(b["input_ids"]) for b in batches] == [32] * 8
+    assert max(b["input_ids"].shape[1] for b in batches) == 128
+    # both cut to 16 tokens; uncut, "zebra" (longer) would sort after "apple"
+    texts = ["zebra " * 60, "apple " * 30, "short"]
+    order = [tokenizer.decode(b["input_ids"][0], skip_special_tokens=True).split()[0]
+             for b in calibration_batches(tokenizer, texts, batch_size=1, max_length=16)]
+    assert order == ["short", "zebra", "apple"]
+
+
+def test_output_metric_is_quiet_by_default_uses_its_pooling_and_counts_one_token(capfd):
+    """No progress bar unless asked; the pooling given reaches the metric; a batch with one real
+    token is that token's g g^T, not a share of it."""
+    from messi.calibration import output_metric, output_sensitivity
+    from messi.evaluate import Pooling
+
+    classifier = _tiny_bert()
+    batches = [{"input_ids": torch.randint(1, 40, (2, 4), generator=torch.Generator().manual_seed(3)),
+                "attention_mask": torch.ones(2, 4, dtype=torch.int64)}]
+    cls = Pooling("cls", False)
+    G, _ = output_metric(classifier.bert, batches, cls)
+    output_sensitivity(classifier.bert, batches)
+    assert capfd.readouterr().err == ""
+    assert torch.equal(G, output_sensitivity(classifier.bert, batches, cls))
+    assert not torch.allclose(G, output_metric(classifier.bert, batches)[0])
+    output_sensitivity(classifier.bert, batches, progress=True)
+    assert "output metric" in capfd.readouterr().err
+
+    one = {"input_ids": torch.tensor([[5, 7, 9]]), "attention_mask": torch.tensor([[1, 0, 0]])}
+
+    def logits(rows):
+        return classifier(inputs_embeds=rows, attention_mask=one["attention_mask"]).logits
+
+    assert torch.allclose(output_sensitivity(classifier, [one]), _exact_probe_metric(classifier, one, logits),
+                          rtol=1e-4, atol=1e-12)
+
+
+def test_the_encoder_of_a_model_with_another_head_or_of_a_plain_module():
+    """A model with a head other than a sequence classifier (masked LM) is read through its
+    encoder's hidden states, like the encoder itself; a module without ``base_model`` is its own
+    encoder."""
+    import transformers
+
+    from messi.calibration import input_moments, model_outputs, output_sensitivity
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=40, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=16)
+    mlm = transformers.BertForMaskedLM(config).eval()
+    batches = [{"input_ids": torch.randint(1, 40, (2, 5), generator=torch.Generator().manual_seed(4)),
+                "attention_mask": torch.tensor([[1] * 5, [1, 1, 1, 0, 0]])}]
+    assert torch.equal(model_outputs(mlm, batches), model_outputs(mlm.bert, batches))
+    assert torch.equal(output_sensitivity(mlm, batches), output_sensitivity(mlm.bert, batches))
+
+    class Plain(torch.nn.Module):  # input_ids -> (hidden,), as an encoder answers
+        def __init__(self):
+            super().__init__()
+            self.emb, self.proj = torch.nn.Embedding(40, 6), torch.nn.Linear(6, 6)
+
+        def get_input_embeddings(self):
+            return self.emb
+
+        def forward(self, input_ids, attention_mask=None, **_):
+            return (self.proj(self.emb(input_ids)),)
+
+    plain = Plain().eval()
+    mask = batches[0]["attention_mask"].bool()
+    with torch.no_grad():
+        x = plain.emb(batches[0]["input_ids"])[mask].double()
+        assert torch.equal(model_outputs(plain, batches), plain.proj(plain.emb(batches[0]["input_ids"]))[mask])
+    assert torch.allclose(input_moments(plain, batches, ["proj"])["proj"], x.T @ x / 8, atol=1e-12)
+
+
+def test_input_moments_of_a_layer_that_reads_one_vector_per_text():
+    """BERT's pooler reads the [CLS] state of each text: its moment is the mean over texts of
+    h h^T, however many tokens the texts have."""
+    from messi.calibration import input_moments
+
+    encoder = _tiny_bert().bert
+    ids = torch.randint(1, 40, (3, 6), generator=torch.Generator().manual_seed(5))
+    mask = torch.tensor([[1] * 6, [1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]])
+    with torch.no_grad():
+        h = encoder(input_ids=ids, attention_mask=mask)[0][:, 0].double()
+    got = input_moments(encoder, [{"input_ids": ids, "attention_mask": mask}], ["pooler.dense"])["pooler.dense"]
+    assert torch.allclose(got, h.T @ h / 3, atol=1e-10)

@@ -296,16 +296,17 @@ def _layer_inputs(model, batch: dict, modules: dict) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def input_moments(model, batches: list[dict], names) -> dict[str, torch.Tensor]:
     """Second moments C = E[x x^T] (in, in), float64, of the inputs x of each Linear layer in
-    ``names`` over the real tokens of ``batches`` (padding excluded). Each forward pass stops
+    ``names`` over the real tokens of ``batches`` (padding excluded); a layer that reads one
+    vector per text (BERT's pooler) averages over the texts instead. Each forward pass stops
     as soon as all of them have seen their input (the layers after them never run)."""
     modules = {name: model.get_submodule(name) for name in names}
     sums = {name: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for name, m in modules.items()}
-    tokens = 0
+    rows = dict.fromkeys(modules, 0)
     for batch in batches:
         for name, x in _layer_inputs(model, batch, modules).items():
             sums[name] += x.T @ x
-        tokens += int(batch["attention_mask"].sum())
-    return {name: s / max(tokens, 1) for name, s in sums.items()}
+            rows[name] += x.shape[0]
+    return {name: s / max(rows[name], 1) for name, s in sums.items()}
 
 
 def output_sensitivity(model, batches: list[dict], pooling=None, seed: int = 0, progress: bool = False) -> torch.Tensor:
