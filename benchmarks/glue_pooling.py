@@ -79,7 +79,7 @@ def run_arm(args, pooling: str, path: Path) -> dict:
     tokenizer = tokenizer_for(args.model)
     train, held = train_and_eval_rows(read_split(task, "train"), read_split(task, "dev"), cfg, args.holdout)
     start = time.perf_counter()
-    model = with_pooling(load_classifier(args.model, task), pooling)
+    model = with_pooling(load_classifier(args.model, task, cfg.seed), pooling)
     fine_tune(model, tokenizer, task, train, cfg)
     metrics = evaluate(model, tokenizer, task, held, cfg)
     record = {"task": task.name, "pooling": pooling, "metrics": metrics, "score": glue_score(metrics),

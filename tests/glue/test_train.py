@@ -63,3 +63,38 @@ def test_holdout_that_leaves_no_train_row_is_refused(rte):
     train, dev = rte
     with pytest.raises(MessiError, match="leaves no train row"):
         train_and_eval_rows(train[:1], dev, TrainConfig(), holdout=0.5)
+
+
+def test_a_new_head_is_drawn_from_the_seed_alone(minilm_dir, tmp_path):
+    """The same seed gives the same new classification head whatever the process drew before
+    (built-in model and a compressed messi folder alike); another seed another head; the global
+    generator is left where it was."""
+    import torch
+
+    import messi
+    from messi.glue.data import get_task
+    from messi.glue.train import load_classifier
+
+    task = get_task("rte")
+
+    def head(ref, seed):
+        model = load_classifier(ref, task, seed)
+        return torch.cat([p.detach().flatten() for n, p in model.named_parameters()
+                          if n.startswith(("classifier.", "bert.pooler."))])
+
+    torch.manual_seed(123)
+    first = head(minilm_dir, 7)
+    after = torch.rand(3)
+    torch.manual_seed(123)
+    torch.rand(1000)  # whatever ran before in the process
+    assert torch.equal(head(minilm_dir, 7), first)
+    assert not torch.equal(head(minilm_dir, 8), first)
+    torch.manual_seed(123)
+    head(minilm_dir, 7)
+    assert torch.equal(torch.rand(3), after)
+
+    folder = tmp_path / "small"
+    messi.save(messi.compress(messi.load_pretrained(minilm_dir), method="svd", ratio=0.5), folder,
+               messi.load_tokenizer(minilm_dir))
+    torch.rand(5)
+    assert torch.equal(head(folder, 3), head(folder, 3))

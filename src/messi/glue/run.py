@@ -38,7 +38,7 @@ def run_glue(task_name: str, output_dir: str | Path, model_ref=None, method: str
     train_rows, dev_rows = read_split(task, "train", data_dir, strict), read_split(task, "dev", data_dir, strict)
     train, dev = train_and_eval_rows(train_rows, dev_rows, cfg, holdout)
     start = time.perf_counter()
-    model = load_classifier(model_ref, task)
+    model = load_classifier(model_ref, task, cfg.seed)
     compress_fn = None if method == "none" else (
         lambda m: compress(m, method=method, ratio=ratio, k=k, seed=cfg.seed, verbose=True))
     share_from_main(model, compress_fn)

@@ -149,10 +149,10 @@ class Sweep:
             if distributed.is_main():
                 model = transformers.AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True)
             else:
-                model = load_classifier(self.model_ref, task)
+                model = load_classifier(self.model_ref, task, seed)
             return share_from_main(model).eval(), tokenizer, folder
         train, _ = self._splits(task, cfg)
-        model = share_from_main(load_classifier(self.model_ref, task))
+        model = share_from_main(load_classifier(self.model_ref, task, seed))
         seconds = fine_tune(model, tokenizer, task, train, cfg)
         if distributed.is_main():
             save_classifier(model, tokenizer, folder, {"train.json": {"seconds": seconds, "train_samples": len(train)}})
@@ -166,7 +166,7 @@ class Sweep:
         if method == "none":
             return
         if self.protocol == "compress-first":  # compress the pretrained model, then fine-tune
-            model, tokenizer = load_classifier(self.model_ref, task), tokenizer_for(self.model_ref)
+            model, tokenizer = load_classifier(self.model_ref, task, seed), tokenizer_for(self.model_ref)
             self._compress(model, tokenizer, task, method, ratio, seed)
             before, epochs = None, cfg.epochs
         else:  # compress the fine-tuned model, evaluate as is, then recover

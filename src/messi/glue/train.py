@@ -109,8 +109,20 @@ def _renamed_layers(info: dict, old: str, new: str) -> dict:
     return {**info, "linear_layers": layers}
 
 
-def load_classifier(model_ref, task: Task) -> nn.Module:
-    """Classifier for ``task`` from a built-in name, a Hugging Face folder or a messi folder."""
+def load_classifier(model_ref, task: Task, seed: int | None = None) -> nn.Module:
+    """Classifier for ``task`` from a built-in name, a Hugging Face folder or a messi folder.
+
+    A new head's initial weights are drawn from ``seed`` alone, so a run with a given seed
+    starts from the same classifier whatever ran before it in the process (None: from torch's
+    global generator, as Hugging Face draws them); the global generator is left as it was."""
+    if seed is None:
+        return _load_classifier(model_ref, task)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _load_classifier(model_ref, task)
+
+
+def _load_classifier(model_ref, task: Task) -> nn.Module:
     if is_messi_folder(model_ref):
         return as_classifier(load(model_ref), task)
     path = resolve_model(model_ref)
