@@ -54,7 +54,7 @@ class MaskedMeanPooler(nn.Module):
         encoder.register_forward_pre_hook(capture, with_kwargs=True)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        mask = torch.ones(hidden.shape[:2]) if self._mask is None else self._mask
+        mask = hidden.new_ones(hidden.shape[:2]) if self._mask is None else self._mask
         mask = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
