@@ -100,3 +100,85 @@ def test_same_size_rank_is_the_largest_that_fits(rows, cols, k, params, orientat
         assert messi_params(rows, cols, k, j, orientation) <= params
     if j + 1 < min(rows, cols):
         assert messi_params(rows, cols, k, j + 1, orientation) > params
+
+
+def test_sizes_and_the_largest_useful_rank_by_hand():
+    assert svd_params(10, 6, None) == 60 and svd_params(10, 6, 2) == 32
+    assert messi_params(10, 6, 3, 2) == 10 * 2 + 3 * 2 * 6
+    assert messi_params(10, 6, 3, 2, "columns") == 6 * 2 + 3 * 2 * 10
+    assert _matrix("a", 10, 10, 0.5).max_rank == 4  # 5 * (10 + 10) = 100 is no longer smaller
+    assert _matrix("a", 100, 3, 0.5).max_rank == 2  # capped below full rank, not by size
+    assert same_size_rank(10, 6, 3, 60) == 2  # 60 // (10 + 3 * 6)
+    assert same_size_rank(10, 6, 3, 60, "columns") == 1  # 60 // (6 + 3 * 10)
+    assert same_size_rank(10, 6, 1, 10_000) == 5  # never full rank
+
+
+def test_svd_error_reads_the_spectrum():
+    m = Matrix("a", 4, 4, torch.tensor([4.0, 2.0, 1.0, 1.0]))
+    assert m.svd_error(None) == 0.0
+    assert m.svd_error(0) == 1.0
+    assert m.svd_error(1) == pytest.approx(0.5) and m.svd_error(3) == pytest.approx(0.125)
+    assert m.svd_error(4) == 0.0
+    # a float32 spectrum is summed in double: small tails are not lost to rounding
+    tiny = Matrix("t", 3, 3, torch.tensor([1.0, 1e-8, 1e-8], dtype=torch.float32))
+    assert tiny.svd_error(3) == 0.0 and 0.0 <= tiny.svd_error(1) < 1e-7
+    assert Matrix("z", 3, 3, torch.zeros(3)).svd_error(1) == 0.0
+
+
+def test_a_matrix_with_no_energy_gets_nothing_and_breaks_nothing():
+    matrices = [Matrix("zero", 20, 20, torch.zeros(20)), _matrix("live", 20, 20, 0.8)]
+    ranks = allocate_ranks(matrices, 0.5)
+    assert ranks["zero"] == 1 and ranks["live"] is not None and ranks["live"] > 1
+
+
+@given(shapes=st.lists(st.tuples(st.integers(4, 20), st.integers(4, 20), st.sampled_from([0.5, 0.8]),
+                                 st.sampled_from([1.0, 2.0])), min_size=2, max_size=4),
+       ratio=st.floats(0.1, 0.6), seed=st.integers(0, 10))
+def test_the_allocation_does_not_depend_on_the_order_of_the_matrices(shapes, ratio, seed):
+    # equal shapes, spectra and sensitivities tie; ties must not be broken by position
+    matrices = [_matrix(f"m{i}", r, c, d, s) for i, (r, c, d, s) in enumerate(shapes)]
+    shuffled = [matrices[i] for i in torch.randperm(len(matrices), generator=torch.Generator().manual_seed(seed))]
+    try:
+        ranks = allocate_ranks(matrices, ratio)
+    except MessiError:
+        return
+    assert allocate_ranks(shuffled, ratio) == ranks
+
+
+def test_equal_twins_split_a_tie_by_name():
+    twins = [_matrix("b", 10, 10, 0.8), _matrix("a", 10, 10, 0.8)]
+    budget_for_one_step = 2 * svd_params(10, 10, 1) + 20  # 60 of 200 numbers
+    ranks = allocate_ranks(twins, 1 - budget_for_one_step / 200)
+    assert ranks == {"a": 2, "b": 1}
+
+
+def test_too_small_a_budget_names_both_sizes():
+    with pytest.raises(MessiError) as error:
+        allocate_ranks([_matrix("a", 10, 10, 0.5)], 0.95)
+    assert str(error.value) == ("a budget of 5 numbers (95.0% compression) is below the smallest factorisation "
+                                "(20 numbers, 80.0%); lower the ratio")
+    with pytest.raises(MessiError) as error:
+        shared_relative_rank([_matrix("a", 100, 100, 0.5)], 0.99, k=2)
+    assert str(error.value) == ("a budget of 100 numbers (99.0% compression) is below the smallest factorisation "
+                                "(300 numbers, 97.0%); lower the ratio")
+
+
+@given(shapes=st.lists(st.tuples(st.integers(4, 60), st.integers(4, 60)), min_size=1, max_size=4),
+       ratio=st.floats(0.1, 0.8), k=st.integers(1, 3))
+def test_shared_relative_rank_takes_the_largest_fraction_that_fits(shapes, ratio, k):
+    matrices = [_matrix(f"m{i}", r, c, 0.9) for i, (r, c) in enumerate(shapes)]
+    budget = math.floor((1 - ratio) * sum(m.dense_params for m in matrices))
+    try:
+        ranks = shared_relative_rank(matrices, ratio, k)
+    except MessiError:
+        assert sum(messi_params(m.rows, m.cols, k, 1) for m in matrices) > budget
+        return
+    assert sum(messi_params(m.rows, m.cols, k, ranks[m.name]) for m in matrices) <= budget
+    # the next fraction at which any matrix gains a rank no longer fits
+    growable = [m for m in matrices if ranks[m.name] + 1 <= min(m.rows, m.cols) - 1]
+    if not growable:
+        return
+    r_next = min((ranks[m.name] + 1) / min(m.rows, m.cols) for m in growable) + 1e-9
+    bigger = {m.name: max(1, min(min(m.rows, m.cols) - 1, math.floor(r_next * min(m.rows, m.cols))))
+              for m in matrices}
+    assert sum(messi_params(m.rows, m.cols, k, bigger[m.name]) for m in matrices) > budget
