@@ -4,6 +4,7 @@ Three stages, each resumable (results in benchmarks/results/sts_*.json, PNGs bes
 
     python benchmarks/sts_curve.py select   # choose k and the weighting on STS-B *train* pairs
     python benchmarks/sts_curve.py curve    # report on STS-B *dev*: 20%..90%, SVD, MESSI k=2,3,5,8
+    python benchmarks/sts_curve.py spread   # the default point over EM seeds 0-4 (dev; chooses nothing)
     python benchmarks/sts_curve.py mpnet    # all-mpnet-base-v2 at 40/60/80% (messi fetch-model mpnet)
 
 Calibration text comes from tasks other than STS-B (the train texts of SST-2, CoLA, MRPC and
@@ -120,6 +121,28 @@ def curve(args) -> None:
     plot(shown, ref, RESULTS / "sts_curve.png", "all-MiniLM-L6-v2: zero-shot STS-B dev vs embedding size")
 
 
+def spread(args) -> None:
+    """The default point's EM seed-to-seed spread on dev (seeds 0..4): how far one run's number is
+    from the next, to read the curve's small gaps against. Nothing is chosen from it."""
+    reference = calibration_counts(None)
+    ratios, t = (0.6, 0.8), DEFAULT_OUTPUT_TEXTS
+    settings = [Setting("messi", r, args.k, OTHER, args.alpha, args.power, t) for r in ratios]
+    svd = [Setting("svd", r, 1, OTHER, args.alpha, args.power, t) for r in ratios]
+    by_seed = {}
+    for seed in range(5):
+        file = RESULTS / "sts_curve.json" if seed == 0 else RESULTS / f"sts_spread_seed{seed}.json"
+        study = Study(None, sts_pairs("dev"), file, reference_counts=reference, n_init=args.n_init, seed=seed)
+        by_seed[seed] = study.run(settings + (svd if seed == 0 else []))
+    ref = study.uncompressed()["spearman"]
+    console.print(f"STS-B dev, uncompressed {ref:.2f}; MESSI k={args.k} calibrated, output-aware, EM seeds 0-4")
+    for i, r in enumerate(ratios):
+        drops = [by_seed[s][i]["spearman"] - ref for s in by_seed]
+        svd_drop = by_seed[0][len(ratios) + i]["spearman"] - ref
+        console.print(f"{r:.0%}: MESSI " + " ".join(f"{d:+.2f}" for d in drops)
+                      + f"  mean {statistics.mean(drops):+.2f} ± {statistics.stdev(drops):.2f}"
+                      + f"  (best {max(drops):+.2f}, worst {min(drops):+.2f}); SVD calibrated, output-aware {svd_drop:+.2f}")
+
+
 def mpnet(args) -> None:
     """all-mpnet-base-v2 at 40/60/80%."""
     counts = calibration_counts("mpnet")
@@ -142,13 +165,14 @@ def main() -> None:
     from messi.calibration import DEFAULT_ALPHA, DEFAULT_POWER
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=("select", "select-metric", "curve", "mpnet"))
+    parser.add_argument("stage", choices=("select", "select-metric", "curve", "spread", "mpnet"))
     parser.add_argument("--n-init", type=int, default=4, help="clustering restarts (messi compress default: 4)")
     parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="weighting alpha for the curve")
     parser.add_argument("--power", type=float, default=DEFAULT_POWER, help="weighting power for the curve")
     parser.add_argument("--k", type=int, default=5, help="MESSI k for in-domain and mpnet rows")
     args = parser.parse_args()
-    {"select": select, "select-metric": select_metric, "curve": curve, "mpnet": mpnet}[args.stage](args)
+    stages = {"select": select, "select-metric": select_metric, "curve": curve, "spread": spread, "mpnet": mpnet}
+    stages[args.stage](args)
 
 
 if __name__ == "__main__":
