@@ -1,6 +1,6 @@
 """Zero-shot STS-B against embedding compression: SVD and MESSI, unweighted and calibrated.
 
-Three stages, each resumable (results in benchmarks/results/sts_*.json, PNGs beside them):
+Stages, each resumable (results in benchmarks/results/sts_*.json, PNGs beside them):
 
     python benchmarks/sts_curve.py select   # choose k and the weighting on STS-B *train* pairs
     python benchmarks/sts_curve.py curve    # report on STS-B *dev*: 20%..90%, SVD, MESSI k=2,3,5,8
