@@ -123,24 +123,21 @@ def curve(args) -> None:
 
 def spread(args) -> None:
     """The default point's EM seed-to-seed spread on dev (seeds 0..4): how far one run's number is
-    from the next, to read the curve's small gaps against. Nothing is chosen from it."""
-    reference = calibration_counts(None)
-    ratios, t = (0.6, 0.8), DEFAULT_OUTPUT_TEXTS
-    settings = [Setting("messi", r, args.k, OTHER, args.alpha, args.power, t) for r in ratios]
-    svd = [Setting("svd", r, 1, OTHER, args.alpha, args.power, t) for r in ratios]
-    by_seed = {}
-    for seed in range(5):
-        file = RESULTS / "sts_curve.json" if seed == 0 else RESULTS / f"sts_spread_seed{seed}.json"
-        study = Study(None, sts_pairs("dev"), file, reference_counts=reference, n_init=args.n_init, seed=seed)
-        by_seed[seed] = study.run(settings + (svd if seed == 0 else []))
+    from the next, to read the curve's small gaps against. Nothing is chosen from it. Seed 0 is
+    the curve's own cell; the others are kept beside it in the curve's results file."""
+    study = Study(None, sts_pairs("dev"), RESULTS / "sts_curve.json", reference_counts=calibration_counts(None),
+                  n_init=args.n_init)
+    ratios, seeds, t = (0.6, 0.8), range(5), DEFAULT_OUTPUT_TEXTS
     ref = study.uncompressed()["spearman"]
     console.print(f"STS-B dev, uncompressed {ref:.2f}; MESSI k={args.k} calibrated, output-aware, EM seeds 0-4")
-    for i, r in enumerate(ratios):
-        drops = [by_seed[s][i]["spearman"] - ref for s in by_seed]
-        svd_drop = by_seed[0][len(ratios) + i]["spearman"] - ref
+    for r in ratios:
+        messi = [Setting("messi", r, args.k, OTHER, args.alpha, args.power, t, seed=s or None) for s in seeds]
+        *records, svd = study.run(messi + [Setting("svd", r, 1, OTHER, args.alpha, args.power, t)])
+        drops = [c["spearman"] - ref for c in records]
         console.print(f"{r:.0%}: MESSI " + " ".join(f"{d:+.2f}" for d in drops)
                       + f"  mean {statistics.mean(drops):+.2f} ± {statistics.stdev(drops):.2f}"
-                      + f"  (best {max(drops):+.2f}, worst {min(drops):+.2f}); SVD calibrated, output-aware {svd_drop:+.2f}")
+                      + f"  (best {max(drops):+.2f}, worst {min(drops):+.2f}); SVD calibrated, output-aware "
+                      + f"{svd['spearman'] - ref:+.2f}")
 
 
 def mpnet(args) -> None:

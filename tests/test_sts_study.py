@@ -45,6 +45,24 @@ def test_setting_keys_stay_those_of_earlier_results_files():
     assert Setting("svd", 0.6).key == "svd|k1|r0.6|plain"
     assert Setting("messi", 0.8, 5, ("glue:cola",)).key == "messi|k5|r0.8|glue:cola@a10,p1"
     assert Setting("messi", 0.8, 5, ("glue:cola",), output_texts=4000).key == "messi|k5|r0.8|glue:cola@a10,p1|out4000"
+    assert Setting("messi", 0.8, 5, seed=3).key == "messi|k5|r0.8|plain|seed3"
+
+
+def test_a_setting_seed_overrides_the_studys(study_dir, monkeypatch):
+    import importlib
+
+    seeds = []
+
+    def no_fit(model, **kwargs):
+        seeds.append(kwargs["seed"])
+        raise RuntimeError("stop before fitting")
+
+    monkeypatch.setattr(importlib.import_module("messi.compress"), "compress", no_fit)
+    study = Study(None, sts_pairs("dev", limit=10), study_dir / "seeds.json", seed=7)
+    for setting in (Setting("messi", 0.5, 2), Setting("messi", 0.5, 2, seed=3), Setting("messi", 0.5, 2, seed=0)):
+        with pytest.raises(RuntimeError, match="stop before fitting"):
+            study._cell(setting)
+    assert seeds == [7, 3, 0]
 
 
 def test_output_metric_needs_calibration_text(study_dir):

@@ -28,7 +28,8 @@ class Setting:
     """One compression: ``method`` "svd" or "messi" (k subspaces) at ``ratio``; rows weighted by
     the tokens of ``calibration`` (sources as ``messi compress --calibration``) if any; with
     ``output_texts`` > 0, fitted under the output metric (``calibration.output_sensitivity``)
-    measured on that many of the calibration texts."""
+    measured on that many of the calibration texts. ``seed``: the clustering's seed for this cell
+    (None: the Study's)."""
 
     method: str
     ratio: float
@@ -37,12 +38,14 @@ class Setting:
     alpha: float = DEFAULT_ALPHA
     power: float = DEFAULT_POWER
     output_texts: int = 0
+    seed: int | None = None
 
     @property
     def key(self) -> str:
         """A stable name of the cell in the results file."""
         cal = "+".join(self.calibration) + f"@a{self.alpha:g},p{self.power:g}" if self.calibration else "plain"
-        return f"{self.method}|k{self.k}|r{self.ratio:g}|{cal}" + (f"|out{self.output_texts}" if self.output_texts else "")
+        return (f"{self.method}|k{self.k}|r{self.ratio:g}|{cal}" + (f"|out{self.output_texts}" if self.output_texts else "")
+                + (f"|seed{self.seed}" if self.seed is not None else ""))
 
     @property
     def label(self) -> str:
@@ -156,7 +159,8 @@ class Study:
             metric = self.metric(s.calibration, s.output_texts)
         model = copy.deepcopy(self.base)
         start = time.perf_counter()
-        compress(model, method=s.method, ratio=s.ratio, k=s.k, seed=self.seed, n_init=self.n_init,
+        seed = self.seed if s.seed is None else s.seed
+        compress(model, method=s.method, ratio=s.ratio, k=s.k, seed=seed, n_init=self.n_init,
                  max_iter=self.max_iter, row_weights=weights, embedding_metric=metric)
         seconds = time.perf_counter() - start
         info = model.messi_config
