@@ -22,6 +22,11 @@ def _cost(matrices, ranks):
     return sum(svd_params(m.rows, m.cols, ranks[m.name]) for m in matrices)
 
 
+def _budget(matrices, ratio):
+    """Numbers the allocation may store: (1 - ratio) of the dense total, rounded down."""
+    return math.floor((1 - ratio) * sum(m.dense_params for m in matrices))
+
+
 def _damage(matrices, ranks):
     return sum(m.sensitivity * m.svd_error(ranks[m.name]) for m in matrices)
 
@@ -32,7 +37,7 @@ def _damage(matrices, ranks):
 def test_the_budget_is_met_and_no_further_step_fits(shapes, ratio):
     matrices = [_matrix(f"m{i}", r, c, d, s) for i, (r, c, d, s) in enumerate(shapes)]
     total = sum(m.dense_params for m in matrices)
-    budget = math.floor((1 - ratio) * total)
+    budget = _budget(matrices, ratio)
     try:
         ranks = allocate_ranks(matrices, ratio)
     except MessiError:
@@ -50,7 +55,7 @@ def test_the_budget_is_met_and_no_further_step_fits(shapes, ratio):
 
 def _least_damage(matrices, ratio):
     """The exact optimum by trying every combination of ranks (and dense) that fits the budget."""
-    budget = math.floor((1 - ratio) * sum(m.dense_params for m in matrices))
+    budget = _budget(matrices, ratio)
     names = [m.name for m in matrices]
     options = [list(range(1, m.max_rank + 1)) + [None] for m in matrices]
     return min(_damage(matrices, dict(zip(names, combo))) for combo in itertools.product(*options)
@@ -120,7 +125,7 @@ def test_uniform_compresses_every_matrix_by_the_ratio(rows, cols, ratio, k):
 def test_shared_relative_rank_is_one_fraction_of_each_full_rank():
     matrices = [_matrix("small", 40, 20, 0.9), _matrix("big", 80, 80, 0.9)]
     ranks = shared_relative_rank(matrices, 0.5, k=3)
-    budget = math.floor(0.5 * sum(m.dense_params for m in matrices))
+    budget = _budget(matrices, 0.5)
     assert sum(messi_params(m.rows, m.cols, 3, ranks[m.name]) for m in matrices) <= budget
     assert abs(ranks["small"] / 20 - ranks["big"] / 80) <= 1 / 20  # one r, floored per matrix
 
@@ -200,7 +205,7 @@ def test_too_small_a_budget_names_both_sizes():
        ratio=st.floats(0.1, 0.8), k=st.integers(1, 3))
 def test_shared_relative_rank_takes_the_largest_fraction_that_fits(shapes, ratio, k):
     matrices = [_matrix(f"m{i}", r, c, 0.9) for i, (r, c) in enumerate(shapes)]
-    budget = math.floor((1 - ratio) * sum(m.dense_params for m in matrices))
+    budget = _budget(matrices, ratio)
     try:
         ranks = shared_relative_rank(matrices, ratio, k)
     except MessiError:
