@@ -340,9 +340,10 @@ def sweep(
     output_dir: Path = typer.Option(..., "--output-dir", help="Sweep folder (resumes if it exists)."),
     tasks: str = typer.Option("cola,sst2,mrpc,stsb,rte,wnli", "--tasks", help="Comma-separated GLUE tasks."),
     methods: str = typer.Option("none,svd,messi", "--methods",
-                                help="Comma-separated: none, svd, messi, svd+cal, messi+cal, svd+cal+out, messi+cal+out "
-                                     "(+cal: rows weighted by the task's own train text; +out: also fitted under the "
-                                     "model's output metric on its train inputs)."),
+                                help="Comma-separated: none, control, svd, messi, svd+cal, messi+cal, svd+cal+out, "
+                                     "messi+cal+out (+cal: rows weighted by the task's own train text; +out: also "
+                                     "fitted under the model's output metric on its train inputs; control: the base "
+                                     "trained the recovery epochs uncompressed, the yardstick of recovered cells)."),
     ratios: str = typer.Option("0.4,0.6", "--ratios", help="Comma-separated embedding compression ratios."),
     k: int = typer.Option(DEFAULT_K, "--k", help="Subspaces for messi."),
     seeds: str = typer.Option("42", "--seeds", help="Comma-separated seeds."),

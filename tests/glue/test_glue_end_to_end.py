@@ -128,6 +128,32 @@ def test_recovery_epochs_are_the_ones_trained(tmp_path, monkeypatch):
     assert cell["calibration"]["sources"] == ["glue:wnli"] and cell["calibration"]["texts"] == 2 * 635
 
 
+def test_the_control_trains_the_base_the_recovery_epochs_uncompressed(tmp_path, monkeypatch):
+    """"control": the cached base, fine-tuned --recovery-epochs (2) with nothing compressed, on
+    the same path as a recovered cell; its record is the yardstick the report subtracts."""
+    trained = []
+    real_fine_tune = sweep_module.fine_tune
+
+    def spy(model, tokenizer, task, train, cfg, epochs=None):
+        trained.append(epochs if epochs is not None else cfg.epochs)
+        return real_fine_tune(model, tokenizer, task, train, cfg, epochs=epochs)
+
+    def refuse(*_a, **_kw):
+        raise AssertionError("the control compressed something")
+
+    monkeypatch.setattr(sweep_module, "fine_tune", spy)
+    monkeypatch.setattr(sweep_module, "compress", refuse)
+    out = tmp_path / "sweep"
+    Sweep(out, ["wnli"], ["none", "control"], [0.5], 2, [0], cfg=TrainConfig(**TINY), recovery_epochs=2.0).run()
+    assert trained == [1.0, 2.0]  # the base, then the control's extra epochs
+    folder = out / "wnli" / "seed-0"
+    control, none = (json.loads((folder / c / "metrics.json").read_text()) for c in ("control", "none"))
+    assert control["method"] == "control" and control["epochs"] == 2.0 and control["no_recovery"] is None
+    assert control["embedding_params"] == none["embedding_params"] and control["compression"] == 0.0
+    assert 0.0 <= control["metrics"]["accuracy"] <= 1.0
+    assert "against the control" not in write_report(out)[2]  # nothing compressed to set against it
+
+
 def test_output_aware_cells_measure_the_classifiers_metric_on_its_pair_inputs(tmp_path, monkeypatch):
     """"svd+cal+out": row weights from the task's train text, and the output metric of the
     fine-tuned classifier's logits on its train inputs, read as pairs (WNLI: 635 pairs)."""

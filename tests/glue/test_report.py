@@ -7,7 +7,7 @@ from messi.glue.report import paired_drops, write_report
 
 def _record(task, seed, method, ratio, acc, acc_no_recovery=None):
     r = {"task": task, "seed": seed, "method": method, "ratio": ratio,
-         "embedding_params": {"none": 100, "svd": 60, "messi": 61}[method],
+         "embedding_params": {"none": 100, "control": 100, "svd": 60, "messi": 61}[method],
          "metrics": {"accuracy": acc}}
     if acc_no_recovery is not None:
         r["no_recovery"] = {"accuracy": acc_no_recovery}
@@ -296,3 +296,46 @@ def test_report_of_a_sweep_with_only_uncompressed_cells(tmp_path, monkeypatch):
     md = write_report(_write_sweep(tmp_path / "base", [_record("rte", 1, "none", 0.0, 0.6)]))[2]
     assert "| rte | 60.0 |" in md and "### " not in md and "| none | 100 |" in md
     assert md.count("| rte | 60.0 |") == 1 and "## Without recovery" not in md  # shown once
+
+
+# RTE, two seeds: the uncompressed base, the control (the base trained the recovery epochs with
+# nothing compressed), SVD and MESSI at 40% after recovery; worked out by hand below.
+CONTROL = RECORDS + [_record("rte", 1, "control", 0.0, 0.62), _record("rte", 2, "control", 0.0, 0.69)]
+
+
+def test_recovered_cells_are_measured_against_the_control(tmp_path, monkeypatch):
+    from messi import io
+    from messi.glue.report import against_control
+
+    figures = []
+    monkeypatch.setattr(io, "save_png", lambda fig, path: figures.append(fig))
+    versus = against_control(paired_drops(CONTROL))
+    # recovered minus control, per seed: svd (58 - 62, 66 - 69), messi (61 - 62, 69 - 69)
+    assert versus == {("svd 40%", "recovery"): {"rte": pytest.approx({1: -4.0, 2: -3.0})},
+                      ("messi 40%", "recovery"): {"rte": pytest.approx({1: -1.0, 2: 0.0})}}
+    md = write_report(_write_sweep(tmp_path / "control", CONTROL))[2]
+    assert "| task | none | control | svd 40% | messi 40% |" in md  # after recovery
+    assert "| rte | 65.0 ± 7.1 | 65.5 ± 4.9 | 62.0 ± 5.7 | 65.0 ± 5.7 |" in md
+    assert "| task | none | svd 40% | messi 40% |" in md  # without recovery: the control has no such stage
+    # against none, the control is a column like the others: (+2, -1)
+    assert "| rte | 2 | +0.50 ± 2.12 | -3.00 ± 1.41 | +0.00 ± 1.41 | +3.00 ± 0.00 |" in md
+    section = md.split("## After recovery, against the control")[1].split("## Sizes")[0]
+    assert "| task | seeds | svd 40% | messi 40% |" in section and "messi − svd" not in section
+    assert "| rte | 2 | -3.50 ± 0.71 | -0.50 ± 0.71 |" in section
+    assert "| **average** | | **-3.50** ± 0.71 | **-0.50** ± 0.71 |" in section
+    left, right = figures[-1].axes
+    points = {ln.get_label(): (list(ln.get_xdata()), list(ln.get_ydata())) for ln in left.get_lines()}
+    assert points["control (uncompressed + the recovery epochs)"] == ([100e-6], [pytest.approx(65.5)])
+    assert "control (after recovery)" not in points
+    from matplotlib.container import BarContainer
+
+    assert [c.get_label() for c in right.containers if isinstance(c, BarContainer)] == ["svd 40%", "messi 40%"]
+
+
+def test_no_control_no_section(tmp_path, monkeypatch):
+    from messi import io
+    from messi.glue.report import against_control
+
+    monkeypatch.setattr(io, "save_png", lambda fig, path: None)
+    assert against_control(paired_drops(RECORDS)) == {}
+    assert "against the control" not in write_report(_write_sweep(tmp_path / "plain", RECORDS))[2]

@@ -83,3 +83,25 @@ def test_a_record_without_the_settings_is_kept(tmp_path, no_training):
         write_json(tmp_path / "wnli" / "seed-0" / cell / "metrics.json",
                    {"task": "wnli", "method": method, "metrics": {"accuracy": 0.5}})
     _sweep(tmp_path).run()
+
+
+def test_the_control_is_one_cell_per_task_and_seed(tmp_path):
+    sweep = _sweep(tmp_path, methods=["svd", "control", "none"], ratios=[0.4, 0.6], seeds=[0, 1])
+    cells = [(seed, method, ratio) for _task, seed, method, ratio in sweep.cells()]
+    assert cells == [(s, m, r) for s in (0, 1)
+                     for m, r in (("none", 0.0), ("control", 0.0), ("svd", 0.4), ("svd", 0.6))]
+
+
+@pytest.mark.parametrize("settings", [dict(recovery_epochs=0.0), dict(protocol="compress-first")])
+def test_the_control_needs_a_recovery_to_match(tmp_path, settings):
+    with pytest.raises(MessiError, match="needs --protocol paper and --recovery-epochs above 0"):
+        _sweep(tmp_path, methods=["none", "control"], **settings)
+
+
+def test_a_control_run_with_other_recovery_epochs_stops_the_sweep(tmp_path, no_training):
+    _grid(tmp_path)
+    _finished(tmp_path, "control", "control", 2.0)
+    _sweep(tmp_path, methods=["none", "control", "svd", "messi"]).run()
+    _finished(tmp_path, "control", "control", 1.0)
+    with pytest.raises(MessiError, match="control was run with --recovery-epochs 1.0 and this sweep asks for 2.0"):
+        _sweep(tmp_path, methods=["none", "control", "svd", "messi"]).run()

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..errors import MessiError
 from .metrics import glue_score
+from .sweep import UNCOMPRESSED  # the columns with no ratio
 
 
 def load_records(sweep_dir: Path) -> list[dict]:
@@ -39,15 +40,20 @@ def _std(values) -> float:
 
 
 def _column(r: dict) -> str:
-    return "none" if r["method"] == "none" else f"{r['method']} {r['ratio']:.0%}"
+    return r["method"] if r["method"] in UNCOMPRESSED else f"{r['method']} {r['ratio']:.0%}"
 
 
 def _column_order(column: str):
-    """none first, then by ratio, the SVD baseline before MESSI at each ratio."""
-    if column == "none":
-        return (0, 0.0, "")
+    """none, then the control, then by ratio, the SVD baseline before MESSI at each ratio."""
+    if column in UNCOMPRESSED:
+        return (0, 0.0, column != "none")
     method, ratio = column.split()
     return (1, float(ratio.rstrip("%")), "" if method == "svd" else method)
+
+
+def _compressed(columns) -> list[str]:
+    """The columns that compressed something (they have a ratio), in order."""
+    return [c for c in columns if c not in UNCOMPRESSED]
 
 
 def _mean_spread(values: list[float], fmt: str = ".1f", spread_fmt: str = ".1f") -> str:
@@ -121,10 +127,12 @@ def _average_drop(by_task: dict[str, dict], tasks: list[str]) -> str:
     return f"**{mean:+.2f}** ± {_std(per_seed):.2f}"
 
 
-def _drop_table(drops, columns: list[str], tasks: list[str], stage: str, seeds_of: dict) -> list[str]:
-    """Rows of the paired-drop table for one stage, with a MESSI - SVD column per ratio."""
+def _drop_table(drops, columns: list[str], tasks: list[str], stage: str, seeds_of: dict,
+                differences: bool = True) -> list[str]:
+    """Rows of the paired-drop table for one stage, with a MESSI - SVD column per ratio unless
+    ``differences`` is False."""
     cols = [c for c in columns if c != "none" and (c, stage) in drops]
-    ratios = sorted({c.split()[1] for c in cols})
+    ratios = sorted({c.split()[1] for c in _compressed(cols)}) if differences else []
     diffs = {f"messi − svd {q}": (f"messi {q}", f"svd {q}") for q in ratios
              if f"messi {q}" in cols and f"svd {q}" in cols}
     table = {c: drops[(c, stage)] for c in cols}
@@ -138,6 +146,17 @@ def _drop_table(drops, columns: list[str], tasks: list[str], stage: str, seeds_o
     for label, subset in _task_sets(tasks):
         lines.append(f"| **{label}** | | " + " | ".join(_average_drop(table[c], subset) for c in names) + " |")
     return lines + [""]
+
+
+def against_control(drops) -> dict:
+    """Each compressed column's after-recovery drop minus the control's, per task and seed: the
+    recovered model against the base trained the same extra epochs uncompressed. Empty when the
+    sweep has no control."""
+    control = drops.get(("control", "recovery"))
+    if not control:
+        return {}
+    return {(c, stage): {t: _difference(by_task, control.get(t, {})) for t, by_task in by_seed.items()}
+            for (c, stage), by_seed in drops.items() if stage == "recovery" and c not in UNCOMPRESSED}
 
 
 def _task_sets(tasks: list[str]) -> list[tuple[str, list[str]]]:
@@ -196,6 +215,13 @@ def write_report(sweep_dir: str | Path) -> tuple[Path, Path, str]:
     for stage, title in (("recovery", "After recovery"), ("no_recovery", "Without recovery")):
         if any(s == stage for _, s in drops):
             lines += [f"### {title}", ""] + _drop_table(drops, columns, tasks, stage, seeds_of)
+    versus_control = against_control(drops)
+    if versus_control:
+        lines += ["## After recovery, against the control", "",
+                  "A recovered model trained the base's epochs plus the recovery epochs; the control "
+                  "trained the same base the same extra epochs with nothing compressed. Each cell: the "
+                  "recovered score minus the control's, same task and seed, mean ± std over seeds.", ""]
+        lines += _drop_table(versus_control, columns, tasks, "recovery", seeds_of, differences=False)
     lines += ["## Sizes", "", "| column | embedding parameters |", "|---|---|"]
     lines += [f"| {c} | {params[c]:,} |" for c in columns] + [""]
     md = "\n".join(lines)
@@ -214,12 +240,17 @@ def _plot(scores, params, tasks, path: Path, drops, columns: list[str]) -> None:
     from ..io import save_png
 
     fig, (ax, bars) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [1, 1.2]})
-    _plot_drops(bars, drops, [c for c in columns if c != "none"], tasks)
+    _plot_drops(bars, drops, _compressed(columns), tasks)
     ref = _average(scores[("none", "recovery")], tasks)
     if ref is not None:
         ax.axhline(ref, color="black", lw=1)
         ax.plot(params["none"] / 1e6, ref, "k*", ms=12, label=f"uncompressed ({params['none'] / 1e6:.1f}M)")
-    methods = sorted({c.split()[0] for c in params if c != "none"})
+    control = _average(scores[("control", "recovery")], tasks) if ("control", "recovery") in scores else None
+    if control is not None:
+        ax.axhline(control, color="grey", lw=1, ls=":")
+        ax.plot(params["control"] / 1e6, control, "D", color="grey",
+                label="control (uncompressed + the recovery epochs)")
+    methods = sorted({c.split()[0] for c in _compressed(params)})
     for method in methods:
         color = _color(method)
         for stage, style in (("recovery", "-o"), ("no_recovery", "--x")):

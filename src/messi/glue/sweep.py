@@ -4,6 +4,7 @@ Layout of a sweep folder::
 
     SWEEP/<task>/seed-<s>/base/            fine-tuned uncompressed classifier (cached)
     SWEEP/<task>/seed-<s>/none/metrics.json    its dev metrics (the reference)
+    SWEEP/<task>/seed-<s>/control/metrics.json the base trained the recovery epochs, uncompressed
     SWEEP/<task>/seed-<s>/<method>-r<ratio>/metrics.json
 
 Every file is written atomically and a finished cell is never redone, so a sweep killed at any
@@ -40,12 +41,18 @@ PROTOCOLS = ("paper", "compress-first")
 #: Methods a sweep knows; "+cal" ones weigh the embedding rows by the task's own train text;
 #: "+cal+out" ones also fit under the classifier's output metric (``calibration.output_sensitivity``
 #: of its logits, on train inputs; ``messi compress --output-texts N`` on a classifier).
-METHODS = ("none", "svd", "messi", "svd+cal", "messi+cal", "svd+cal+out", "messi+cal+out")
+#: "control" is the yardstick of recovered cells: a recovered model has trained the base's epochs
+#: plus --recovery-epochs, so the fair comparison is the base trained those same extra epochs,
+#: uncompressed, on the same code path (one cell per task and seed, like "none").
+METHODS = ("none", "control", "svd", "messi", "svd+cal", "messi+cal", "svd+cal+out", "messi+cal+out")
+#: Methods with one cell per (task, seed) instead of one per ratio.
+UNCOMPRESSED = ("none", "control")
 
 
 def cell_name(method: str, ratio: float) -> str:
-    """Folder name of a grid cell, e.g. ``messi-r0.4``; the uncompressed reference is ``none``."""
-    return "none" if method == "none" else f"{method}-r{ratio:g}"
+    """Folder name of a grid cell, e.g. ``messi-r0.4``; the uncompressed cells are named by their
+    method (``none``, ``control``)."""
+    return method if method in UNCOMPRESSED else f"{method}-r{ratio:g}"
 
 
 #: Keys every finished cell's metrics.json has; a file without them is redone.
@@ -79,6 +86,10 @@ class Sweep:
         bad = [m for m in methods if m not in METHODS]
         if bad:
             raise MessiError(f"unknown method(s) {', '.join(bad)}; use {', '.join(METHODS)}")
+        if "control" in methods and (protocol != "paper" or not recovery_epochs > 0):
+            raise MessiError("the control trains the base the recovery epochs uncompressed, so it needs "
+                             "--protocol paper and --recovery-epochs above 0; drop control from --methods "
+                             "or give --recovery-epochs")
         self.out = Path(output_dir)
         self.tasks = [get_task(t) for t in tasks]
         self.methods, self.ratios, self.k, self.seeds = list(methods), list(ratios), k, list(seeds)
@@ -91,11 +102,13 @@ class Sweep:
                      for t in self.tasks}
 
     def cells(self):
-        """(task, seed, method, ratio) of every grid cell, the reference first for each task/seed."""
-        compressed = [(m, r) for m in self.methods if m != "none" for r in self.ratios]
+        """(task, seed, method, ratio) of every grid cell, the reference first for each task/seed,
+        then the control if asked for."""
+        compressed = [(m, r) for m in self.methods if m not in UNCOMPRESSED for r in self.ratios]
+        control = [("control", 0.0)] if "control" in self.methods else []
         for task in self.tasks:
             for seed in self.seeds:
-                yield from [(task, seed, "none", 0.0)] + [(task, seed, m, r) for m, r in compressed]
+                yield from [(task, seed, m, r) for m, r in [("none", 0.0)] + control + compressed]
 
     def run(self) -> Path:
         """Run every unfinished cell, with a progress bar over the grid; returns the folder."""
@@ -171,8 +184,10 @@ class Sweep:
             before, epochs = None, cfg.epochs
         else:  # compress the fine-tuned model, evaluate as is, then recover
             model, tokenizer, _ = self._base(task, seed)
-            self._compress(model, tokenizer, task, method, ratio, seed)
-            before, epochs = evaluate(model, tokenizer, task, dev, cfg), self.recovery_epochs
+            before, epochs = None, self.recovery_epochs
+            if method != "control":  # the control recovers with nothing compressed
+                self._compress(model, tokenizer, task, method, ratio, seed)
+                before = evaluate(model, tokenizer, task, dev, cfg)
         if epochs > 0:
             fine_tune(model, tokenizer, task, train, cfg, epochs=epochs)
             after = evaluate(model, tokenizer, task, dev, cfg)
