@@ -109,17 +109,23 @@ def test_sweep_resumes_after_interruption(tmp_path, monkeypatch):
     assert "svd 50%" in md and "messi 50%" in md and "Without recovery" in md
 
 
-def test_recovery_epochs_are_the_ones_trained(tmp_path, monkeypatch):
-    """Recovery trains --recovery-epochs (here 2), not the base's epochs (1); calibrated MESSI
-    uses the task's own train text."""
-    trained = []
+@pytest.fixture
+def trained(monkeypatch) -> list[float]:
+    """The epochs of every fine-tuning the sweep runs, in order (it still trains)."""
+    epochs_seen = []
     real_fine_tune = sweep_module.fine_tune
 
     def spy(model, tokenizer, task, train, cfg, epochs=None):
-        trained.append(epochs if epochs is not None else cfg.epochs)
+        epochs_seen.append(epochs if epochs is not None else cfg.epochs)
         return real_fine_tune(model, tokenizer, task, train, cfg, epochs=epochs)
 
     monkeypatch.setattr(sweep_module, "fine_tune", spy)
+    return epochs_seen
+
+
+def test_recovery_epochs_are_the_ones_trained(tmp_path, trained):
+    """Recovery trains --recovery-epochs (here 2), not the base's epochs (1); calibrated MESSI
+    uses the task's own train text."""
     out = tmp_path / "sweep"
     Sweep(out, ["wnli"], ["none", "messi+cal"], [0.5], 2, [0], cfg=TrainConfig(**TINY), recovery_epochs=2.0).run()
     assert trained == [1.0, 2.0]  # the base, then the recovery
@@ -128,20 +134,12 @@ def test_recovery_epochs_are_the_ones_trained(tmp_path, monkeypatch):
     assert cell["calibration"]["sources"] == ["glue:wnli"] and cell["calibration"]["texts"] == 2 * 635
 
 
-def test_the_control_trains_the_base_the_recovery_epochs_uncompressed(tmp_path, monkeypatch):
+def test_the_control_trains_the_base_the_recovery_epochs_uncompressed(tmp_path, monkeypatch, trained):
     """"control": the cached base, fine-tuned --recovery-epochs (2) with nothing compressed, on
     the same path as a recovered cell; its record is the yardstick the report subtracts."""
-    trained = []
-    real_fine_tune = sweep_module.fine_tune
-
-    def spy(model, tokenizer, task, train, cfg, epochs=None):
-        trained.append(epochs if epochs is not None else cfg.epochs)
-        return real_fine_tune(model, tokenizer, task, train, cfg, epochs=epochs)
-
     def refuse(*_a, **_kw):
         raise AssertionError("the control compressed something")
 
-    monkeypatch.setattr(sweep_module, "fine_tune", spy)
     monkeypatch.setattr(sweep_module, "compress", refuse)
     out = tmp_path / "sweep"
     Sweep(out, ["wnli"], ["none", "control"], [0.5], 2, [0], cfg=TrainConfig(**TINY), recovery_epochs=2.0).run()
