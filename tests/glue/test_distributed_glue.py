@@ -79,3 +79,20 @@ def test_sweep_under_torchrun_writes_once_and_resumes(tmp_path):
     assert done.returncode == 0, (done.stderr + ranks[0][1])[-3000:]
     assert {p: p.stat().st_mtime_ns for p in seed_dir.rglob("metrics.json")} == stamps
     assert ranks[0][0].count("wrote ") == 1 and "wrote " not in ranks[1][0]
+
+
+def test_the_control_trains_data_parallel_under_torchrun(tmp_path):
+    """The sweep's control cell (the base trained --recovery-epochs, uncompressed) trains one
+    model on both processes and is written once, by the main process."""
+    out = tmp_path / "sweep"
+    done, ranks = torchrun(tmp_path, "sweep", "--tasks", "rte", "--methods", "control", "--seeds", "7",
+                           "--recovery-epochs", "1", *SMALL, "--output-dir", out)
+    assert done.returncode == 0, (done.stderr + ranks[0][1] + ranks[1][1])[-3000:]
+    seed_dir = out / "rte" / "seed-7"
+    assert sorted(p.name for p in seed_dir.iterdir()) == ["base", "control", "none"]
+    control = json.loads((seed_dir / "control" / "metrics.json").read_text())
+    assert control["method"] == "control" and control["epochs"] == 1.0 and control["eval_samples"] == 277
+    # the base and the control each: 32 rows / (8 per batch x 2 processes) = 2 steps, never 4
+    main_err, other_err = ranks[0][1], ranks[1][1]
+    assert len(re.findall(r"\| 2/2 \[", main_err)) >= 2 and not re.search(r"\| 4/4 \[", main_err + other_err)
+    assert ranks[0][0].count("wrote ") == 1 and "wrote " not in ranks[1][0]
