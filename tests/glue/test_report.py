@@ -304,6 +304,8 @@ CONTROL = RECORDS + [_record("rte", 1, "control", 0.0, 0.62), _record("rte", 2, 
 
 
 def test_recovered_cells_are_measured_against_the_control(tmp_path, monkeypatch):
+    from matplotlib.colors import to_rgba
+
     from messi import io
     from messi.glue.report import against_control
 
@@ -319,17 +321,46 @@ def test_recovered_cells_are_measured_against_the_control(tmp_path, monkeypatch)
     assert "| task | none | svd 40% | messi 40% |" in md  # without recovery: the control has no such stage
     # against none, the control is a column like the others: (+2, -1)
     assert "| rte | 2 | +0.50 ± 2.12 | -3.00 ± 1.41 | +0.00 ± 1.41 | +3.00 ± 0.00 |" in md
-    section = md.split("## After recovery, against the control")[1].split("## Sizes")[0]
-    assert "| task | seeds | svd 40% | messi 40% |" in section and "messi − svd" not in section
-    assert "| rte | 2 | -3.50 ± 0.71 | -0.50 ± 0.71 |" in section
-    assert "| **average** | | **-3.50** ± 0.71 | **-0.50** ± 0.71 |" in section
+    assert CONTROL_SECTION in md
     left, right = figures[-1].axes
-    points = {ln.get_label(): (list(ln.get_xdata()), list(ln.get_ydata())) for ln in left.get_lines()}
-    assert points["control (uncompressed + the recovery epochs)"] == ([100e-6], [pytest.approx(65.5)])
+    points = {ln.get_label(): ln for ln in left.get_lines()}
+    control = points["control (uncompressed + the recovery epochs)"]
+    assert (list(control.get_xdata()), list(control.get_ydata())) == ([100e-6], [pytest.approx(65.5)])
+    assert control.get_marker() == "D" and to_rgba(control.get_color()) == to_rgba("grey")
     assert "control (after recovery)" not in points
+    # the uncompressed model's line (black, solid) and the control's (grey, dotted)
+    horizontal = [ln for ln in left.get_lines() if ln.get_label().startswith("_")]
+    assert [list(ln.get_ydata()) for ln in horizontal] == [[pytest.approx(65.0)] * 2, [pytest.approx(65.5)] * 2]
+    assert [(to_rgba(ln.get_color()), ln.get_linestyle()) for ln in horizontal] == [
+        (to_rgba("black"), "-"), (to_rgba("grey"), ":")]
     from matplotlib.container import BarContainer
 
     assert [c.get_label() for c in right.containers if isinstance(c, BarContainer)] == ["svd 40%", "messi 40%"]
+
+
+CONTROL_SECTION = """
+## After recovery, against the control
+
+A recovered model trained the base's epochs plus the recovery epochs; the control trained the same \
+base the same extra epochs with nothing compressed. Each cell: the recovered score minus the \
+control's, same task and seed, mean ± std over seeds.
+
+| task | seeds | svd 40% | messi 40% |
+|---|---|---|---|
+| rte | 2 | -3.50 ± 0.71 | -0.50 ± 0.71 |
+| **average** | | **-3.50** ± 0.71 | **-0.50** ± 0.71 |
+
+## Sizes
+"""
+
+
+def test_a_task_without_a_control_has_no_cells_against_it():
+    from messi.glue.report import against_control
+
+    wnli = [_record("wnli", 1, "none", 0.0, 0.50), _record("wnli", 1, "svd", 0.4, 0.48, 0.40)]
+    versus = against_control(paired_drops(CONTROL + wnli))
+    assert versus[("svd 40%", "recovery")]["wnli"] == {}
+    assert versus[("svd 40%", "recovery")]["rte"] == pytest.approx({1: -4.0, 2: -3.0})
 
 
 def test_no_control_no_section(tmp_path, monkeypatch):
