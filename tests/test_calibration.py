@@ -479,6 +479,8 @@ def test_output_metric_is_quiet_by_default_uses_its_pooling_and_counts_one_token
     assert not torch.allclose(G, output_metric(classifier.bert, batches)[0])
     output_sensitivity(classifier.bert, batches, progress=True)
     assert "output metric" in capfd.readouterr().err
+    output_metric(classifier.bert, batches, progress=True)  # the CLI asks for the bar
+    assert "output metric" in capfd.readouterr().err
 
     one = {"input_ids": torch.tensor([[5, 7, 9]]), "attention_mask": torch.tensor([[1, 0, 0]])}
 
