@@ -89,7 +89,7 @@ class Sweep:
         if "control" in methods and (protocol != "paper" or not recovery_epochs > 0):
             raise MessiError("the control trains the base the recovery epochs uncompressed, so it needs "
                              "--protocol paper and --recovery-epochs above 0; drop control from --methods "
-                             "or give --recovery-epochs")
+                             "or give those settings")
         self.out = Path(output_dir)
         self.tasks = [get_task(t) for t in tasks]
         self.methods, self.ratios, self.k, self.seeds = list(methods), list(ratios), k, list(seeds)
