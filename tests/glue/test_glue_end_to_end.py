@@ -70,7 +70,21 @@ class Killed(Exception):
     """Stands for a kill in the middle of a cell."""
 
 
-def test_sweep_resumes_after_interruption(tmp_path, monkeypatch):
+@pytest.fixture
+def trained(monkeypatch) -> list[float]:
+    """The epochs of every fine-tuning the sweep runs, in order (it still trains)."""
+    epochs_seen = []
+    real_fine_tune = sweep_module.fine_tune
+
+    def spy(model, tokenizer, task, train, cfg, epochs=None):
+        epochs_seen.append(epochs if epochs is not None else cfg.epochs)
+        return real_fine_tune(model, tokenizer, task, train, cfg, epochs=epochs)
+
+    monkeypatch.setattr(sweep_module, "fine_tune", spy)
+    return epochs_seen
+
+
+def test_sweep_resumes_after_interruption(tmp_path, monkeypatch, trained):
     out = tmp_path / "sweep"
     args = dict(tasks=["wnli"], methods=["none", "svd", "messi"], ratios=[0.5], k=2, seeds=[0],
                 cfg=TrainConfig(**TINY), recovery_epochs=1.0)
@@ -92,9 +106,7 @@ def test_sweep_resumes_after_interruption(tmp_path, monkeypatch):
     assert not (out / "wnli" / "seed-0" / "messi-r0.5" / "metrics.json").exists()
     stamps = (base.stat().st_mtime_ns, svd.stat().st_mtime_ns)
 
-    trained = []
-    real_fine_tune = sweep_module.fine_tune
-    monkeypatch.setattr(sweep_module, "fine_tune", lambda *a, **kw: trained.append(1) or real_fine_tune(*a, **kw))
+    trained.clear()
     calls.clear()
     kill.clear()
     Sweep(out, **args).run()
@@ -107,20 +119,6 @@ def test_sweep_resumes_after_interruption(tmp_path, monkeypatch):
     md_path, png_path, md = write_report(out)
     assert md_path.is_file() and png_path.stat().st_size > 1000
     assert "svd 50%" in md and "messi 50%" in md and "Without recovery" in md
-
-
-@pytest.fixture
-def trained(monkeypatch) -> list[float]:
-    """The epochs of every fine-tuning the sweep runs, in order (it still trains)."""
-    epochs_seen = []
-    real_fine_tune = sweep_module.fine_tune
-
-    def spy(model, tokenizer, task, train, cfg, epochs=None):
-        epochs_seen.append(epochs if epochs is not None else cfg.epochs)
-        return real_fine_tune(model, tokenizer, task, train, cfg, epochs=epochs)
-
-    monkeypatch.setattr(sweep_module, "fine_tune", spy)
-    return epochs_seen
 
 
 def test_recovery_epochs_are_the_ones_trained(tmp_path, trained):
