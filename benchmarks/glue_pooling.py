@@ -29,10 +29,18 @@ import torch
 from torch import nn
 
 from messi import MessiError
-from messi.glue.data import get_task, read_split
+from messi.datasets import get_task, read_split
 from messi.glue.metrics import glue_score
-from messi.glue.train import (TrainConfig, check_holdout, evaluate, evaluated_on, fine_tune,
-                              load_classifier, tokenizer_for, train_and_eval_rows)
+from messi.glue.train import (
+    TrainConfig,
+    check_holdout,
+    evaluate,
+    evaluated_on,
+    fine_tune,
+    load_classifier,
+    tokenizer_for,
+    train_and_eval_rows,
+)
 from messi.io import write_json, write_text
 
 POOLINGS = ("cls", "mean")

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from messi import MessiError
-from messi.glue.data import get_task
+from messi.datasets import get_task
 from messi.glue.metrics import glue_score
 from messi.glue.run import run_glue
 from messi.glue.train import TrainConfig, check_holdout, evaluated_on

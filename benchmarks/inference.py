@@ -41,7 +41,7 @@ def build(method: str):
 
 def real_batch(batch: int, length: int, tokenizer) -> torch.Tensor:
     """Token ids of real GLUE SST-2 sentences, packed to ``length`` (no padding)."""
-    from messi.glue.data import read_split
+    from messi.datasets import read_split
 
     ids = []
     for e in read_split("sst2", "dev"):

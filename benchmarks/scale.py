@@ -31,11 +31,10 @@ from rich.table import Table
 
 import messi
 import messi.clustering
+from em_speed import power_law_table
 from messi import rank_for_ratio
 from messi.factorize import messi_factorize, relative_error, svd_factorize
 from messi.io import write_json
-
-from em_speed import power_law_table
 
 RESULTS = Path(__file__).parent / "results"
 SHAPES = ("151936x896", "262144x640")

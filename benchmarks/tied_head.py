@@ -25,11 +25,10 @@ from rich.console import Console
 from rich.table import Table
 
 import messi
+from inference import interleaved_medians, real_batch
 from messi.factorize import parameter_count
 from messi.io import write_json
 from messi.models import resolve_model
-
-from inference import interleaved_medians, real_batch
 
 RESULTS = Path(__file__).parent / "results"
 VARIANTS = (("dense", None, None), ("svd", "svd", 0.4), ("messi k=3", "messi", 0.4),

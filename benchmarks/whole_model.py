@@ -1,3 +1,4 @@
+
 """Whole-model compression of the built-in model: zero-shot STS-B dev and latency against the
 share of ALL the model's parameters removed (target "all": embedding + every encoder Linear).
 
@@ -30,14 +31,13 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from messi import load_pretrained, load_tokenizer
+from inference import interleaved_medians
+from messi import CalibrationData, load_pretrained, load_tokenizer
 from messi.calibration import DEFAULT_SOURCES, calibrate, calibration_batches, read_all
 from messi.compress import compress
 from messi.evaluate import read_pooling, sts_pairs, sts_score
 from messi.io import save_png, write_json
 from messi.models import resolve_model
-
-from inference import interleaved_medians
 
 RESULTS_DIR = Path(__file__).parent / "results"
 VARIANTS = {  # name: (method, allocation, k, calibrated, activation_aware)
@@ -85,7 +85,7 @@ class GlueSubject:
     (GLUE score in %); calibrated on its task's train text (in-domain, as `messi sweep`'s +cal)."""
 
     def __init__(self, base, task: str):
-        from messi.glue.data import get_task, read_split
+        from messi.datasets import get_task, read_split
         from messi.glue.train import TrainConfig
 
         self.base, self.task = base, get_task(task)
@@ -129,9 +129,7 @@ def run(subject: SentenceSubject | GlueSubject, ratios, with_latency: bool, vari
                 continue
             model = subject.load()
             start = time.perf_counter()
-            compress(model, method=method, ratio=ratio, k=k, target="all", allocation=allocation, n_init=2,
-                     max_iter=20, inputs=inputs if calibrated else None, activation_aware=aware,
-                     row_weights=weights if calibrated else None)
+            compress(model, method=method, ratio=ratio, k=k, target="all", allocation=allocation, n_init=2, max_iter=20, activation_aware=aware, calibration=CalibrationData(inputs=inputs if calibrated else None, row_weights=weights if calibrated else None))
             info = model.messi_config
             record = {"variant": name, "ratio": ratio, "fit_seconds": time.perf_counter() - start,
                       "model_compression": info["model_compression"], "compression": info["compression"],

@@ -6,11 +6,19 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from messi import MessiError
-from messi.allocate import (Matrix, allocate_ranks, messi_params, same_size_rank, shared_relative_rank,
-                            svd_params, uniform_ranks)
+from messi.allocate import (
+    Matrix,
+    allocate_ranks,
+    messi_params,
+    same_size_rank,
+    shared_relative_rank,
+    svd_params,
+    uniform_ranks,
+)
 
 
 def _matrix(name, rows, cols, decay, sensitivity=1.0):

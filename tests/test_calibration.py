@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import messi
-from messi import MessiError
+from messi import CalibrationData, MessiError
 from messi.calibration import Calibration, calibrate, read_texts, token_counts, weights_from_counts
 
 
@@ -91,8 +91,7 @@ def test_calibrated_compress_protects_frequent_rows(minilm_dir, tokenizer):
     """On the real table: calibrated SVD has lower weighted error and higher plain error."""
     cal = calibrate(tokenizer, ["glue:rte"], 30522)
     plain = messi.compress(messi.load_pretrained(), method="svd", ratio=0.6).messi_config
-    weighted = messi.compress(messi.load_pretrained(), method="svd", ratio=0.6, row_weights=cal.weights,
-                              calibration=cal.record()).messi_config
+    weighted = messi.compress(messi.load_pretrained(), method="svd", ratio=0.6, calibration=CalibrationData(row_weights=cal.weights, record=cal.record())).messi_config
     assert weighted["calibration"]["sources"] == ["glue:rte"]
     assert weighted["rel_error"] > plain["rel_error"]
     model = messi.load_pretrained()
@@ -255,7 +254,7 @@ def test_calibration_batches_read_pairs_as_pairs(tokenizer):
     """A pair task's inputs (real MRPC train pairs) are tokenised as the model reads them: both
     sentences, separated, the second one in segment 1."""
     from messi.calibration import calibration_batches
-    from messi.glue.data import read_split
+    from messi.datasets import read_split
 
     pairs = [(ex.text_a, ex.text_b) for ex in read_split("mrpc", "train")][:40]
     batches = calibration_batches(tokenizer, pairs, max_texts=40, batch_size=16)

@@ -1,13 +1,13 @@
-import re
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from conftest import planted
 from messi import MessiError, ProjectiveClustering
-from messi.clustering import assign
+from messi.subspaces import assign
 
 
 def svd_tail_cost(X, j):
@@ -210,7 +210,7 @@ def test_zero_one_weights_equal_fitting_the_subset():
 
 
 def test_refit_with_weights_equals_refit_of_the_kept_rows():
-    from messi.clustering import _refit
+    from messi.subspaces import _refit
 
     X = torch.randn(200, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
     labels = torch.arange(200) % 3
@@ -225,7 +225,7 @@ def test_refit_with_weights_equals_refit_of_the_kept_rows():
 
 
 def test_integer_weights_equal_repeated_rows():
-    from messi.clustering import _refit
+    from messi.subspaces import _refit
 
     X = torch.randn(150, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
     w = torch.randint(1, 5, (150,), generator=torch.Generator().manual_seed(8))
@@ -287,7 +287,7 @@ def test_numpy_weights_are_accepted():
 def test_an_empty_cluster_takes_the_worst_served_rows():
     """Cluster 2 gets no rows: its new basis must span the rows served worst now (largest
     residuals), not stay empty or random."""
-    from messi.clustering import _refit
+    from messi.subspaces import _refit
 
     g = torch.Generator().manual_seed(9)
     X = torch.randn(300, 10, dtype=torch.float64, generator=g)
@@ -316,7 +316,7 @@ def test_a_run_from_an_empty_cluster_ends_with_every_cluster_used():
 
 
 def test_robust_costs_and_irls_weights_by_hand():
-    from messi.clustering import robust_cost, row_weights
+    from messi.subspaces import robust_cost, row_weights
 
     residuals = torch.tensor([0.0, 0.25, 4.0, 9.0])  # distances 0, 0.5, 2, 3
     w = torch.tensor([1.0, 2.0, 0.5, 1.0])
@@ -362,7 +362,7 @@ def _same_partition(a, b):
 
 
 def test_kmeans_plus_plus_never_seeds_a_direction_twice():
-    from messi.clustering import _kmeans_plus_plus
+    from messi.subspaces import _kmeans_plus_plus
 
     X, _ = _directions()
     D = torch.nn.functional.normalize(X, dim=1)
@@ -373,7 +373,7 @@ def test_kmeans_plus_plus_never_seeds_a_direction_twice():
 
 
 def test_weighted_kmeans_plus_plus_draws_only_weighted_rows_and_is_seeded():
-    from messi.clustering import _kmeans_plus_plus
+    from messi.subspaces import _kmeans_plus_plus
 
     X, _ = _directions()
     D = torch.nn.functional.normalize(X, dim=1)
@@ -393,7 +393,7 @@ def test_weighted_kmeans_plus_plus_draws_only_weighted_rows_and_is_seeded():
 
 
 def test_spherical_kmeans_finds_the_directions_weighted_or_not():
-    from messi.clustering import _spherical_kmeans
+    from messi.subspaces import _spherical_kmeans
 
     X, truth = _directions()
     for seed in range(4):
@@ -459,7 +459,7 @@ def test_assign_returns_the_squared_distances():
 
 
 def test_sample_weight_accepts_small_sums_and_refuses_booleans():
-    from messi.clustering import check_sample_weight
+    from messi.subspaces import check_sample_weight
 
     assert torch.equal(check_sample_weight([0.25, 0.25], 2), torch.tensor([0.25, 0.25], dtype=torch.float64))
     with pytest.raises(MessiError, match="real numbers"):
@@ -467,7 +467,7 @@ def test_sample_weight_accepts_small_sums_and_refuses_booleans():
 
 
 def test_seeding_is_reproducible_and_weighted():
-    from messi.clustering import _seed, _spherical_kmeans
+    from messi.subspaces import _seed, _spherical_kmeans
 
     X, _ = _directions()
     torch.manual_seed(1)
@@ -547,7 +547,7 @@ def test_the_documented_defaults():
 
 
 def test_bad_rows_are_counted_and_the_matrix_named():
-    from messi.clustering import as_matrix
+    from messi.subspaces import as_matrix
 
     X = torch.ones(5, 3)
     X[1, 0], X[3, 2], X[3, 1] = float("nan"), float("inf"), float("nan")  # two bad rows, three bad values
@@ -570,7 +570,7 @@ def test_integer_and_half_matrices_are_fitted_in_float32(dtype):
 
 
 def test_sample_weight_follows_the_rows_device_and_accepts_tensors_that_need_grad():
-    from messi.clustering import check_sample_weight
+    from messi.subspaces import check_sample_weight
 
     assert check_sample_weight([1.0, 2.0], 2, torch.device("meta")).device.type == "meta"
     assert check_sample_weight([1.0, 2.0], 2).device.type == "cpu"
@@ -579,7 +579,7 @@ def test_sample_weight_follows_the_rows_device_and_accepts_tensors_that_need_gra
 
 
 def test_a_random_split_stays_on_the_rows_device():
-    from messi.clustering import _seed
+    from messi.subspaces import _seed
 
     labels = _seed(torch.empty(10, 3, device="meta"), 3, 1, "random", torch.Generator().manual_seed(0))
     assert labels.device.type == "meta" and labels.dtype == torch.long
@@ -597,7 +597,7 @@ def _spans(basis, v, atol=1e-9):
 
 
 def test_a_cluster_whose_rows_all_weigh_zero_is_starved_and_takes_the_heaviest_worst_rows():
-    from messi.clustering import _refit
+    from messi.subspaces import _refit
 
     d = 6
     X = torch.cat([_e(d, 1).repeat(5, 1) * 3,    # rows 0-4: residual 100, weight 1  -> 100
@@ -613,7 +613,7 @@ def test_a_cluster_whose_rows_all_weigh_zero_is_starved_and_takes_the_heaviest_w
 
 
 def test_a_cluster_of_exactly_j_rows_is_fitted_not_reseeded():
-    from messi.clustering import _refit
+    from messi.subspaces import _refit
 
     g = torch.Generator().manual_seed(0)
     X = torch.cat([100 * torch.randn(30, 5, generator=g, dtype=torch.float64),
@@ -625,7 +625,7 @@ def test_a_cluster_of_exactly_j_rows_is_fitted_not_reseeded():
 
 
 def test_reseeding_looks_at_the_4j_worst_rows_when_the_matrix_is_small():
-    from messi.clustering import _refit
+    from messi.subspaces import _refit
 
     d = 4
     X = torch.cat([_e(d, 0).repeat(4, 1), 1000 * _e(d, 1)[None], torch.zeros(15, d, dtype=torch.float64)])
@@ -636,7 +636,7 @@ def test_reseeding_looks_at_the_4j_worst_rows_when_the_matrix_is_small():
 
 
 def test_a_starved_cluster_keeps_its_own_rows_in_the_new_subspace():
-    from messi.clustering import _refit
+    from messi.subspaces import _refit
 
     d = 5
     X = torch.cat([_e(d, 0).repeat(10, 1) * 5, torch.randn(9, d, dtype=torch.float64, generator=torch.Generator().manual_seed(1)),
@@ -650,7 +650,7 @@ def test_a_starved_cluster_keeps_its_own_rows_in_the_new_subspace():
 # --- spherical k-means -----------------------------------------------------------------------
 
 def test_spherical_kmeans_seeds_by_direction_not_by_length():
-    from messi.clustering import _spherical_kmeans
+    from messi.subspaces import _spherical_kmeans
 
     g = torch.Generator().manual_seed(0)
     X = torch.cat([_e(4, 0) * (1 + torch.rand(1000, 1, generator=g, dtype=torch.float64)), _e(4, 1).repeat(2, 1)])
@@ -662,7 +662,7 @@ def test_spherical_kmeans_seeds_by_direction_not_by_length():
 
 @pytest.mark.parametrize("weighted", [False, True])
 def test_spherical_kmeans_ends_at_a_fixed_point_of_its_weighted_means(weighted):
-    from messi.clustering import _spherical_kmeans
+    from messi.subspaces import _spherical_kmeans
 
     g = torch.Generator().manual_seed(3)
     angle = 2 * torch.pi * torch.rand(300, generator=g, dtype=torch.float64)
@@ -786,7 +786,7 @@ def test_fast_em_steps_equal_the_plain_algorithm(n_per, d, k, weighted, data):
 
 
 def test_gram_matrices_updated_from_moved_rows_equal_recomputed_ones():
-    from messi.clustering import _move_rows, cluster_grams
+    from messi.subspaces import _move_rows, cluster_grams
 
     g = torch.Generator().manual_seed(3)
     X = torch.randn(500, 7, generator=g)  # float32 rows: their products are exact in float64
@@ -806,7 +806,7 @@ def test_gram_matrices_updated_from_moved_rows_equal_recomputed_ones():
 
 
 def test_distances_through_the_complements_equal_those_through_the_bases():
-    from messi.clustering import split_spectrum
+    from messi.subspaces import split_spectrum
 
     g = torch.Generator().manual_seed(4)
     X = torch.randn(400, 9, dtype=torch.float64, generator=g)
@@ -931,7 +931,7 @@ def test_the_progress_bar_plans_the_refinement_too(monkeypatch):
 
 
 def test_distances_over_many_row_blocks_equal_one_product(monkeypatch):
-    import messi.clustering as C
+    import messi.subspaces as C
 
     g = torch.Generator().manual_seed(8)
     X = torch.randn(103, 6, dtype=torch.float64, generator=g)
@@ -944,7 +944,7 @@ def test_distances_over_many_row_blocks_equal_one_product(monkeypatch):
 
 
 def test_gram_updates_reach_every_cluster_when_k_exceeds_d():
-    from messi.clustering import _move_rows, cluster_grams
+    from messi.subspaces import _move_rows, cluster_grams
 
     g = torch.Generator().manual_seed(5)
     X = torch.randn(90, 2, generator=g)
@@ -958,7 +958,7 @@ def test_gram_updates_reach_every_cluster_when_k_exceeds_d():
 def test_a_starved_cluster_is_reseeded_from_the_weighted_worst_rows():
     """Two worst rows, one much heavier: the new subspace (j=1) leans to the heavy one, as the
     top eigenvector of their weighted Gram matrix does."""
-    from messi.clustering import _refit
+    from messi.subspaces import _refit
 
     d = 3
     heavy, light = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64), torch.tensor([0.6, 0.8, 0.0], dtype=torch.float64)
@@ -980,7 +980,7 @@ def test_the_final_refit_of_a_cut_run_reseeds_a_cluster_still_starved():
     re-seed it again from the (weighted) worst rows, as _refit does by hand."""
     from tqdm import tqdm
 
-    from messi.clustering import _refit, assign
+    from messi.subspaces import _refit, assign
 
     X, _ = planted(k=3, n_per=40, j=2, d=6, noise=0.05, seed=21)
     w = torch.rand(len(X), dtype=torch.float64, generator=torch.Generator().manual_seed(2)) + 0.5
@@ -1036,7 +1036,7 @@ def test_init_size_one_is_allowed():
 
 
 def test_weights_are_checked_into_float64():
-    from messi.clustering import check_sample_weight
+    from messi.subspaces import check_sample_weight
 
     for w in (torch.ones(3, dtype=torch.float32), np.ones(3, dtype=np.int64), [1, 2, 3]):
         assert check_sample_weight(w, 3).dtype == torch.float64

@@ -8,7 +8,7 @@ import torch
 import transformers
 
 import messi
-from messi import MessiError
+from messi import CalibrationData, MessiError
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +238,7 @@ def test_install_empty_then_copying_the_weights_rebuilds_the_compressed_model(na
     other = model_cls(config).eval().double()
     other.load_state_dict(original.state_dict())
     messi.compress(original, method=method, ratio=0.3, k=2, n_init=1, max_iter=5)
-    from messi.compress import install_empty
+    from messi.persist import install_empty
 
     install_empty(other, original.messi_config)
     layer = other.get_input_embeddings()
@@ -314,8 +314,8 @@ def test_embedding_metric_is_what_the_fit_minimises(minilm_embedding):
     scale[: d // 4] = 100.0
     G = torch.diag(scale)
     plain = messi.compress(messi.load_pretrained(), method="svd", ratio=0.6)
-    metric = messi.compress(messi.load_pretrained(), method="svd", ratio=0.6, embedding_metric=G)
-    same = messi.compress(messi.load_pretrained(), method="svd", ratio=0.6, embedding_metric=torch.eye(d))
+    metric = messi.compress(messi.load_pretrained(), method="svd", ratio=0.6, calibration=CalibrationData(embedding_metric=G))
+    same = messi.compress(messi.load_pretrained(), method="svd", ratio=0.6, calibration=CalibrationData(embedding_metric=torch.eye(d)))
     A = minilm_embedding
     with torch.no_grad():
         approx = {name: m.get_input_embeddings().weight for name, m in
@@ -330,4 +330,4 @@ def test_embedding_metric_is_what_the_fit_minimises(minilm_embedding):
 @pytest.mark.parametrize("bad", [torch.eye(3), torch.full((384, 384), float("nan")), "eye"])
 def test_bad_embedding_metric_is_named(bad):
     with pytest.raises(MessiError, match="embedding_metric must be a finite \\(384, 384\\) tensor"):
-        messi.compress(messi.load_pretrained(), method="svd", ratio=0.6, embedding_metric=bad)
+        messi.compress(messi.load_pretrained(), method="svd", ratio=0.6, calibration=CalibrationData(embedding_metric=bad))

@@ -1,6 +1,7 @@
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from messi import MessiError, messi_factorize, rank_for_ratio, svd_factorize
 from messi.factorize import compression, parameter_count, relative_error

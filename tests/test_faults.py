@@ -1,8 +1,8 @@
 """Fault injection: kill -9 at random moments and concurrent writers never leave a broken or
 half-written output, and the next run cleans up after the dead one."""
 
-import os
 import json
+import os
 import random
 import signal
 import subprocess

@@ -11,7 +11,7 @@ import transformers
 
 import messi
 from conftest import svd_projection
-from messi import MessiError
+from messi import CalibrationData, MessiError
 from messi.io import atomic_dir, clean_stale
 
 
@@ -191,7 +191,7 @@ def test_the_embedding_record_counts_what_the_layer_holds(method, weighted):
     model = tiny_model()
     A = model.get_input_embeddings().weight.detach().clone()
     w = torch.rand(60, generator=torch.Generator().manual_seed(0), dtype=torch.float64) if weighted else None
-    messi.compress(model, method=method, ratio=0.4, k=2, n_init=1, max_iter=3, row_weights=w)
+    messi.compress(model, method=method, ratio=0.4, k=2, n_init=1, max_iter=3, calibration=CalibrationData(row_weights=w))
     info, layer = model.messi_config, model.get_input_embeddings()
     held = sum(p.numel() for p in layer.parameters())
     with torch.no_grad():
@@ -333,13 +333,13 @@ def test_compress_records_the_loss_it_used_and_the_fit_time():
 
 def test_calibration_is_recorded_when_weights_or_moments_were_used():
     w = torch.ones(60, dtype=torch.float64)
-    info = messi.compress(tiny_model(), method="svd", row_weights=w).messi_config
+    info = messi.compress(tiny_model(), method="svd", calibration=CalibrationData(row_weights=w)).messi_config
     assert info["calibration"] == {"sources": ["row_weights / activations given to compress()"]}
     given = {"sources": ["glue:sst2"], "texts": 10}
-    assert messi.compress(tiny_model(), method="svd", row_weights=w, calibration=given).messi_config["calibration"] == given
+    assert messi.compress(tiny_model(), method="svd", calibration=CalibrationData(row_weights=w, record=given)).messi_config["calibration"] == given
     model = tiny_model()
     moments = {n: torch.eye(m.in_features, dtype=torch.float64) for n, m in messi.targets.linear_targets(model).items()}
-    assert "calibration" in messi.compress(model, method="svd", target="linear", activations=moments).messi_config
+    assert "calibration" in messi.compress(model, method="svd", target="linear", calibration=CalibrationData(activations=moments)).messi_config
 
 
 def test_compress_fits_with_the_settings_it_is_given():
@@ -349,7 +349,7 @@ def test_compress_fits_with_the_settings_it_is_given():
     A = model.get_input_embeddings().weight.detach().clone()
     w = torch.rand(60, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     kw = dict(seed=3, n_init=2, max_iter=7, tol=0.5, loss="huber")
-    messi.compress(model, method="messi", k=2, rank=5, row_weights=w, **kw)
+    messi.compress(model, method="messi", k=2, rank=5, **kw, calibration=CalibrationData(row_weights=w))
     want = messi_factorize(A, 2, 5, sample_weight=w, **kw).reconstruct()
     with torch.no_grad():
         got = model.get_input_embeddings().weight
@@ -361,7 +361,7 @@ def test_compress_svd_fits_the_weighted_svd():
     model = tiny_model()
     A = model.get_input_embeddings().weight.detach().double().clone()
     w = torch.rand(60, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    messi.compress(model, method="svd", rank=4, row_weights=w)
+    messi.compress(model, method="svd", rank=4, calibration=CalibrationData(row_weights=w))
     with torch.no_grad():
         got = model.get_input_embeddings().weight.double()
     assert type(model.get_input_embeddings()).__name__ == "FactorizedEmbedding"
@@ -381,7 +381,7 @@ def test_compress_settings_are_checked_by_name(kwargs, words):
 
 
 def test_save_never_replaces_a_folder_that_appears_while_it_writes(tmp_path, monkeypatch):
-    compress_module = sys.modules["messi.compress"]
+    compress_module = sys.modules["messi.persist"]
     real, target = compress_module._save_weights, tmp_path / "m"
 
     def racing(model, file):
@@ -424,7 +424,7 @@ def test_a_weights_file_without_aliases_metadata_loads(folder):
     the weights load as they are, with no alias to tie."""
     from safetensors.torch import load_file, save_file
 
-    from messi.compress import _load_weights
+    from messi.persist import _load_weights
 
     plain = folder.parent / "plain.safetensors"
     save_file(load_file(str(folder / "model.safetensors")), str(plain))  # no metadata at all

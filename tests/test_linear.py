@@ -4,7 +4,8 @@ factors they were given, pass gradients to every factor, and behave as nn.Linear
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 from messi.factorize import Factors, factorize

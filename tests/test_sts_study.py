@@ -53,11 +53,11 @@ def test_a_setting_seed_overrides_the_studys(study_dir, monkeypatch):
 
     seeds = []
 
-    def no_fit(model, **kwargs):
-        seeds.append(kwargs["seed"])
+    def no_fit(model, config, calibration=None, **kwargs):
+        seeds.append(config.seed)
         raise RuntimeError("stop before fitting")
 
-    monkeypatch.setattr(importlib.import_module("messi.compress"), "compress", no_fit)
+    monkeypatch.setattr(importlib.import_module("messi.sts_study"), "compress", no_fit)
     study = Study(None, sts_pairs("dev", limit=10), study_dir / "seeds.json", seed=7)
     for setting in (Setting("messi", 0.5, 2), Setting("messi", 0.5, 2, seed=3), Setting("messi", 0.5, 2, seed=0)):
         with pytest.raises(RuntimeError, match="stop before fitting"):

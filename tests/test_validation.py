@@ -75,15 +75,15 @@ def test_compress_hands_init_size_to_the_clustering(tmp_path, monkeypatch, given
     """--init-size reaches messi.compress (0: every restart on all rows), default as the library's."""
     import importlib
 
-    module = importlib.import_module("messi.compress")  # the package's name "compress" is the function
+    module = importlib.import_module("messi.cli.model_commands")
     seen = {}
-    real = module.compress
+    real = module.compress_model
 
-    def spy(model, **kw):
-        seen.update(kw)
-        return real(model, **kw)
+    def spy(model, config, calibration=None, **kw):
+        seen["init_size"] = config.init_size
+        return real(model, config, calibration, **kw)
 
-    monkeypatch.setattr(module, "compress", spy)
+    monkeypatch.setattr(module, "compress_model", spy)
     args = ["--init-size", given] if given is not None else []
     result = cli("compress", "--method", "svd", "--ratio", "0.5", *args, tmp_path / "o")
     assert result.exit_code == 0, result.output
@@ -129,7 +129,7 @@ HEADER = b"index\tsentence1\tsentence2\tlabel\n"
 
 def test_non_utf8_row_names_file_and_line(tmp_path):
     from messi import MessiError
-    from messi.glue.data import read_split
+    from messi.datasets import read_split
 
     d = rte_dir(tmp_path, HEADER + b"0\ta\tb\tentailment\n1\t\xff\xfe\tb\tentailment\n")
     with pytest.warns(UserWarning, match=r"dev.tsv:3: not UTF-8"):
@@ -141,7 +141,7 @@ def test_non_utf8_row_names_file_and_line(tmp_path):
 
 def test_huge_field_and_extra_column(tmp_path):
     from messi import MessiError
-    from messi.glue.data import read_split
+    from messi.datasets import read_split
 
     big = b"x" * 200_000
     d = rte_dir(tmp_path, HEADER + b"0\t" + big + b"\tb\tentailment\n1\ta\tb\tentailment\textra\n")
@@ -153,7 +153,7 @@ def test_huge_field_and_extra_column(tmp_path):
 
 def test_split_without_usable_rows(tmp_path):
     from messi import MessiError
-    from messi.glue.data import read_split
+    from messi.datasets import read_split
 
     d = rte_dir(tmp_path, HEADER + b"0\ta\tb\tmaybe\n")
     with pytest.warns(UserWarning), pytest.raises(MessiError, match="no usable row"):

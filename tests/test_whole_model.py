@@ -14,11 +14,12 @@ from torch import nn
 
 import messi
 from conftest import svd_projection
-from messi import MessiError
-from messi.compress import _best_fit, install_empty
+from messi import CalibrationData, MessiError
+from messi.datasets import find_data_dir
 from messi.factorize import relative_error
-from messi.glue.data import find_data_dir
+from messi.fit import _best_fit
 from messi.linear import FactorizedLinear, ProjectiveLinear, _FactoredLinear
+from messi.persist import install_empty
 from messi.targets import linear_targets
 
 TINY = {
@@ -77,7 +78,7 @@ def test_linear_targets_are_the_encoder_blocks_linear_layers():
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_save_load_round_trip_is_exact(tmp_path, name, target):
     model = tiny(name)
-    messi.compress(model, method="messi", ratio=0.4, k=2, n_init=1, max_iter=5, target=target, inputs=batches())
+    messi.compress(model, method="messi", ratio=0.4, k=2, n_init=1, max_iter=5, target=target, calibration=CalibrationData(inputs=batches()))
     info = model.messi_config
     assert info["compression"] >= 0.4
     assert info["model_params_after"] == sum(p.numel() for p in model.parameters())
@@ -135,7 +136,7 @@ def test_activation_aware_fit_lowers_the_output_error_on_its_inputs():
 
 def test_sensitivities_are_measured_and_recorded():
     model = tiny("bert")
-    messi.compress(model, method="svd", ratio=0.4, target="all", inputs=batches())
+    messi.compress(model, method="svd", ratio=0.4, target="all", calibration=CalibrationData(inputs=batches()))
     sens = model.messi_config["sensitivities"]
     assert set(sens) == {e["name"] for e in model.messi_config["linear_layers"]} | {"<input embedding>"}
     assert all(v > 0 for v in sens.values())
@@ -146,7 +147,7 @@ def test_a_classifier_keeps_its_head_and_reloads_exactly(tmp_path):
     were, and save/load gives the same class and the same logits."""
     model = tiny_classifier()
     head = {n: p.detach().clone() for n, p in model.named_parameters() if n.startswith(("classifier", "bert.pooler"))}
-    messi.compress(model, method="svd", ratio=0.4, target="all", inputs=batches())
+    messi.compress(model, method="svd", ratio=0.4, target="all", calibration=CalibrationData(inputs=batches()))
     info = model.messi_config
     assert info["compression"] >= 0.4
     assert not any(e["name"].startswith(("classifier", "bert.pooler")) for e in info["linear_layers"])
@@ -165,15 +166,15 @@ def test_classifier_sensitivities_are_read_on_the_logits(monkeypatch):
     model = tiny_classifier()
     seen = []
     real = calibration.model_outputs
-    compress_module = sys.modules["messi.compress"]
+    compress_module = sys.modules["messi.layerwise"]
     monkeypatch.setattr(compress_module, "model_outputs", lambda m, b: seen.append(real(m, b)) or seen[-1])
-    messi.compress(model, method="svd", ratio=0.4, target="all", inputs=batches())
+    messi.compress(model, method="svd", ratio=0.4, target="all", calibration=CalibrationData(inputs=batches()))
     assert seen and all(t.shape == (12, 3) for t in seen)
 
 
 def test_install_empty_then_copying_the_weights_rebuilds_a_linear_compressed_model():
     original, other = tiny("bert"), tiny("bert", seed=5)
-    messi.compress(original, method="messi", ratio=0.4, k=2, n_init=1, max_iter=5, target="all", inputs=batches())
+    messi.compress(original, method="messi", ratio=0.4, k=2, n_init=1, max_iter=5, target="all", calibration=CalibrationData(inputs=batches()))
     install_empty(other, original.messi_config)
     assert other.state_dict().keys() == original.state_dict().keys()
     other.load_state_dict(original.state_dict())
@@ -193,7 +194,7 @@ def test_bad_requests_are_refused():
     with pytest.raises(MessiError, match="already compressed"):
         messi.compress(model, method="svd", ratio=0.3, target="linear")
     with pytest.raises(MessiError, match="no input moments"):
-        messi.compress(tiny("bert"), target="linear", activations={"nothing": torch.eye(3)})
+        messi.compress(tiny("bert"), target="linear", calibration=CalibrationData(activations={"nothing": torch.eye(3)}))
 
 
 def test_a_damaged_linear_entry_is_reported(tmp_path):
@@ -284,8 +285,7 @@ def _probe_by_hand(model, name, weights=None, moments=None):
 def test_sensitivities_equal_probes_measured_by_hand():
     w = torch.rand(300, generator=torch.Generator().manual_seed(0), dtype=torch.float64) ** 2
     model = tiny("bert")
-    messi.compress(model, method="svd", ratio=0.4, target="all", inputs=batches(), row_weights=w,
-                   activation_aware=False)
+    messi.compress(model, method="svd", ratio=0.4, target="all", activation_aware=False, calibration=CalibrationData(inputs=batches(), row_weights=w))
     sens = model.messi_config["sensitivities"]
     fresh = tiny("bert")
     assert sens["<input embedding>"] == pytest.approx(_probe_by_hand(fresh, "embeddings.word_embeddings", weights=w), rel=1e-3)
@@ -297,7 +297,7 @@ def test_activation_aware_sensitivities_probe_the_whitened_matrix():
     from messi.calibration import input_moments
 
     model = tiny("bert")
-    messi.compress(model, method="svd", ratio=0.4, target="linear", inputs=batches())
+    messi.compress(model, method="svd", ratio=0.4, target="linear", calibration=CalibrationData(inputs=batches()))
     fresh = tiny("bert")
     name = "encoder.layer.0.intermediate.dense"
     C = input_moments(fresh, batches(), [name])[name]
@@ -306,8 +306,8 @@ def test_activation_aware_sensitivities_probe_the_whitened_matrix():
 
 
 def test_the_spectrum_is_the_one_the_fit_sees():
-    from messi.compress import _spectrum
     from messi.factorize import whitening
+    from messi.fit import _spectrum
 
     g = torch.Generator().manual_seed(0)
     W = torch.randn(12, 8, generator=g)
@@ -321,7 +321,7 @@ def test_the_spectrum_is_the_one_the_fit_sees():
 def test_moments_are_collected_once_for_layers_that_share_an_input(monkeypatch):
     """q, k and v read the same input: the pass that collects one's moments serves the three,
     but never a layer already fitted or one whose input differs."""
-    compress_module = sys.modules["messi.compress"]
+    compress_module = sys.modules["messi.layerwise"]
     asked = []
     monkeypatch.setattr(compress_module, "input_moments", lambda model, inputs, names: asked.append(list(names)) or {})
     C, D = torch.eye(3, dtype=torch.float64), 2 * torch.eye(3, dtype=torch.float64)
@@ -333,7 +333,7 @@ def test_moments_are_collected_once_for_layers_that_share_an_input(monkeypatch):
 
 def test_a_half_precision_model_is_probed_and_compressed_in_its_dtype():
     model = tiny("bert").to(torch.bfloat16)
-    messi.compress(model, method="svd", ratio=0.4, target="all", inputs=batches())
+    messi.compress(model, method="svd", ratio=0.4, target="all", calibration=CalibrationData(inputs=batches()))
     assert all(v > 0 for v in model.messi_config["sensitivities"].values())
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
 
@@ -348,8 +348,7 @@ def _targeted_params(model, entries) -> int:
 def test_the_whole_model_record(allocation, inputs):
     model = tiny("bert")
     dense = {n: m.weight.numel() for n, m in linear_targets(model).items()}
-    messi.compress(model, method="messi", k=2, ratio=0.4, target="linear", allocation=allocation,
-                   inputs=batches() if inputs else None, n_init=1, max_iter=5)
+    messi.compress(model, method="messi", k=2, ratio=0.4, target="linear", allocation=allocation, n_init=1, max_iter=5, calibration=CalibrationData(inputs=batches() if inputs else None))
     info = model.messi_config
     assert (info["target"], info["method"], info["k"], info["ratio"], info["allocation"]) == \
         ("linear", "messi", 2, 0.4, allocation)
@@ -388,7 +387,7 @@ def test_global_allocation_is_not_uniform_and_svd_stays_svd():
     ranks = {}
     for allocation in ("global", "uniform"):
         model = tiny("bert")
-        messi.compress(model, method="svd", ratio=0.4, target="linear", allocation=allocation, inputs=batches())
+        messi.compress(model, method="svd", ratio=0.4, target="linear", allocation=allocation, calibration=CalibrationData(inputs=batches()))
         entries = model.messi_config["linear_layers"]
         assert all(e["method"] in ("svd", "dense") and e["k"] in (0, 1) for e in entries)
         ranks[allocation] = [e["rank"] for e in entries]
@@ -404,7 +403,7 @@ def tiny_wide_vocab():
 
 
 def test_target_all_fits_a_dominant_embedding_first_and_counts_it(monkeypatch):
-    compress_module = sys.modules["messi.compress"]
+    compress_module = sys.modules["messi.layerwise"]
     order = []
     for fn in ("_fit_embedding_target", "_fit_linear_target"):
         real = getattr(compress_module, fn)
@@ -412,8 +411,7 @@ def test_target_all_fits_a_dominant_embedding_first_and_counts_it(monkeypatch):
     model = tiny_wide_vocab()
     w = torch.rand(3000, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     dense = sum(m.weight.numel() for m in linear_targets(model).values()) + 3000 * 32
-    messi.compress(model, method="messi", k=2, ratio=0.4, target="all", inputs=batches(), row_weights=w,
-                   n_init=1, max_iter=5)
+    messi.compress(model, method="messi", k=2, ratio=0.4, target="all", n_init=1, max_iter=5, calibration=CalibrationData(inputs=batches(), row_weights=w))
     info, layer = model.messi_config, model.get_input_embeddings()
     assert order[0] == "_fit_embedding_target" and order.count("_fit_embedding_target") == 1
     emb = info["embedding"]
@@ -437,8 +435,7 @@ def test_target_all_fits_the_embedding_under_its_output_metric():
     for name, metric in (("plain", None), ("metric", G)):
         model = tiny_wide_vocab()
         A = model.get_input_embeddings().weight.detach().clone()
-        messi.compress(model, method="svd", ratio=0.4, target="all", inputs=batches(), row_weights=w,
-                       embedding_metric=metric)
+        messi.compress(model, method="svd", ratio=0.4, target="all", calibration=CalibrationData(inputs=batches(), row_weights=w, embedding_metric=metric))
         with torch.no_grad():
             tables[name] = model.get_input_embeddings().weight.clone()
         emb = model.messi_config["embedding"]
@@ -448,7 +445,7 @@ def test_target_all_fits_the_embedding_under_its_output_metric():
 
 def test_target_all_counts_an_embedding_it_keeps_dense():
     model = tiny("bert")  # 300 x 32 embedding: the allocator keeps it dense at -20%
-    messi.compress(model, method="svd", ratio=0.2, target="all", inputs=batches())
+    messi.compress(model, method="svd", ratio=0.2, target="all", calibration=CalibrationData(inputs=batches()))
     info = model.messi_config
     if "embedding" in info:
         pytest.fail("the embedding was compressed; pick a setting where it stays dense")
@@ -460,7 +457,7 @@ def test_target_all_counts_an_embedding_it_keeps_dense():
 def test_each_layer_is_fitted_to_its_inputs_in_the_model_as_compressed_so_far(monkeypatch):
     from messi.calibration import input_moments
 
-    compress_module = sys.modules["messi.compress"]
+    compress_module = sys.modules["messi.layerwise"]
     real, checked = compress_module._fit_linear_target, []
 
     def spy(model, name, lin, rank, method, k, search, moments, settings):
@@ -471,13 +468,13 @@ def test_each_layer_is_fitted_to_its_inputs_in_the_model_as_compressed_so_far(mo
         return real(model, name, lin, rank, method, k, search, moments, settings)
 
     monkeypatch.setattr(compress_module, "_fit_linear_target", spy)
-    messi.compress(tiny("bert"), method="svd", ratio=0.5, target="linear", inputs=batches())
+    messi.compress(tiny("bert"), method="svd", ratio=0.5, target="linear", calibration=CalibrationData(inputs=batches()))
     assert len(checked) >= 10
 
 
 def test_whole_model_progress_bars(capsys):
-    kw = dict(method="messi", k=2, ratio=0.4, target="linear", inputs=batches(), n_init=1, max_iter=3)
-    messi.compress(tiny("bert"), verbose=True, **kw)
+    kw = dict(method="messi", k=2, ratio=0.4, target="linear", n_init=1, max_iter=3)
+    messi.compress(tiny("bert"), calibration=CalibrationData(inputs=batches()), verbose=True, **kw)
     err = capsys.readouterr().err.replace("\r", "\n")
     assert re.search(r"(?m)^measuring sensitivities: 100%", err) and re.search(r"(?m)^fitting layers: 100%", err)
     assert "projective clustering" not in err  # one bar for all the layers, not one per fit
@@ -555,7 +552,7 @@ def test_best_fit_paths_equal_the_fits_they_name():
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("method, k", [("svd", 1), ("messi", 2)])
 def test_fit_linear_target_installs_what_it_records(bias, method, k):
-    from messi.compress import _fit_linear_target
+    from messi.fit import _fit_linear_target
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 24, bias=bias)).eval()
     W = model[0].weight.detach().clone()
@@ -576,7 +573,7 @@ def test_fit_linear_target_installs_what_it_records(bias, method, k):
 
 
 def test_a_layer_kept_dense_is_recorded_as_dense_and_left_alone():
-    from messi.compress import _fit_linear_target
+    from messi.fit import _fit_linear_target
 
     model = nn.Sequential(nn.Linear(16, 24))
     lin = model[0]
@@ -590,7 +587,7 @@ def test_a_layer_kept_dense_is_recorded_as_dense_and_left_alone():
 def test_each_layer_is_searched_in_the_orientations_that_can_pay(monkeypatch):
     """k bases of the longer side cost k times more: rows for tall W (out > in), columns for wide
     W (in > out), both for square; the method and the layer's moments are passed on."""
-    compress_module = sys.modules["messi.compress"]
+    compress_module = sys.modules["messi.layerwise"]
     real, seen = compress_module._best_fit, {}
 
     def spy(M, rank, method, k, search, orientations, moments, weights, settings):
@@ -598,8 +595,7 @@ def test_each_layer_is_searched_in_the_orientations_that_can_pay(monkeypatch):
         return real(M, rank, method, k, search, orientations, moments, weights, settings)
 
     monkeypatch.setattr(compress_module, "_best_fit", spy)
-    messi.compress(tiny("bert"), method="messi", k=2, ratio=0.4, target="linear", inputs=batches(), n_init=1,
-                   max_iter=3, allocation="uniform")  # uniform: every layer is fitted
+    messi.compress(tiny("bert"), method="messi", k=2, ratio=0.4, target="linear", n_init=1, max_iter=3, allocation="uniform", calibration=CalibrationData(inputs=batches()))  # uniform: every layer is fitted
     assert seen == {(32, 32): (("rows", "columns"), "messi", True), (64, 32): (("rows",), "messi", True),
                     (32, 64): (("columns",), "messi", True)}
 
@@ -608,7 +604,7 @@ def test_the_embedding_keeps_its_padding_row_exactly_under_target_all():
     model = tiny_wide_vocab()
     pad = model.config.pad_token_id
     row = model.get_input_embeddings().weight[pad].detach().clone()
-    messi.compress(model, method="messi", k=2, ratio=0.4, target="all", inputs=batches(), n_init=1, max_iter=3)
+    messi.compress(model, method="messi", k=2, ratio=0.4, target="all", n_init=1, max_iter=3, calibration=CalibrationData(inputs=batches()))
     assert "embedding" in model.messi_config
     with torch.no_grad():
         assert torch.equal(model.get_input_embeddings()(torch.tensor([pad]))[0], row)
@@ -618,7 +614,7 @@ def test_target_all_with_svd_fits_the_embedding_by_weighted_svd():
     model = tiny_wide_vocab()
     A = model.get_input_embeddings().weight.detach().double().clone()
     w = torch.rand(3000, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    messi.compress(model, method="svd", ratio=0.4, target="all", inputs=batches(), row_weights=w)
+    messi.compress(model, method="svd", ratio=0.4, target="all", calibration=CalibrationData(inputs=batches(), row_weights=w))
     emb, layer = model.messi_config["embedding"], model.get_input_embeddings()
     assert (emb["method"], emb["k"], type(layer).__name__) == ("svd", 1, "FactorizedEmbedding")
     by_hand = svd_projection(A, emb["rank"], w)  # every row projected on the top subspace of the weighted rows
@@ -630,7 +626,7 @@ def test_target_all_with_svd_fits_the_embedding_by_weighted_svd():
 
 def test_install_empty_gives_the_layers_the_models_dtype():
     original, other = tiny("bert").to(torch.bfloat16), tiny("bert", seed=5).to(torch.bfloat16)
-    messi.compress(original, method="svd", ratio=0.4, target="linear", inputs=batches())
+    messi.compress(original, method="svd", ratio=0.4, target="linear", calibration=CalibrationData(inputs=batches()))
     install_empty(other, original.messi_config)
     assert {p.dtype for p in other.parameters()} == {torch.bfloat16}
     other.load_state_dict(original.state_dict())
@@ -648,7 +644,7 @@ def test_given_moments_are_the_ones_the_fits_use_when_no_inputs_are_given():
                for n in names}
     name = "encoder.layer.0.attention.self.query"
     W = model.get_submodule(name).weight.detach().double().clone()
-    messi.compress(model, method="svd", ratio=0.4, target="linear", allocation="uniform", activations=moments)
+    messi.compress(model, method="svd", ratio=0.4, target="linear", allocation="uniform", calibration=CalibrationData(activations=moments))
     entry = next(e for e in model.messi_config["linear_layers"] if e["name"] == name)
     S, S_inv = whitening(moments[name])
     with torch.no_grad():

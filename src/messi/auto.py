@@ -15,27 +15,10 @@ from __future__ import annotations
 
 import transformers
 
+from .hf_config import MessiConfig
+from .persist import load
 
-class MessiConfig(transformers.PretrainedConfig):
-    """config.json of a compressed folder: ``base_config`` is the original model's config dict
-    (model_type, sizes, labels, ...); messi.json says how the embedding was factored."""
-
-    model_type = "messi"
-
-    def __init__(self, base_config: dict | None = None, **kwargs):
-        self.base_config = dict(base_config or {})
-        super().__init__(**kwargs)
-
-    def to_base(self) -> transformers.PretrainedConfig:
-        """The original model's config object, rebuilt from ``base_config``."""
-        from .errors import MessiError
-
-        data = dict(self.base_config)
-        model_type = data.get("model_type")
-        if not isinstance(model_type, str) or model_type not in transformers.CONFIG_MAPPING:
-            raise MessiError(f"config.json's base_config has model_type {model_type!r}, which this transformers "
-                             "does not know; upgrade transformers or re-run `messi compress`")
-        return transformers.CONFIG_MAPPING[model_type].from_dict(data)
+__all__ = ["MessiConfig", "MessiModel", "register"]
 
 
 class MessiModel(transformers.PreTrainedModel):
@@ -51,9 +34,11 @@ class MessiModel(transformers.PreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):  # noqa: D417
         """``messi.load(pretrained_model_name_or_path)``; hub and remote-code options are ignored
         (a compressed folder is local and never runs code)."""
-        from .compress import load
-
         return load(pretrained_model_name_or_path)
+
+
+#: The Auto classes a compressed folder loads through (each gives back the class that was compressed).
+AUTO_CLASSES = ("AutoModel", "AutoModelForCausalLM", "AutoModelForMaskedLM", "AutoModelForSequenceClassification")
 
 
 def register() -> None:
@@ -62,7 +47,8 @@ def register() -> None:
         transformers.AutoConfig.register(MessiConfig.model_type, MessiConfig)
     except ValueError:  # already registered
         pass
-    try:
-        transformers.AutoModel.register(MessiConfig, MessiModel)
-    except ValueError:
-        pass
+    for name in AUTO_CLASSES:
+        try:
+            getattr(transformers, name).register(MessiConfig, MessiModel)
+        except ValueError:
+            pass

@@ -25,8 +25,12 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checks
+from .config import CalibrationSettings
+from .datasets import get_task, read_split
 from .errors import MessiError
-from .evaluate import Pooling, pool
+from .families import DEFAULT_OUTPUT_TEXTS as DEFAULT_OUTPUT_TEXTS  # re-exported: the calibration defaults in one place
+from .families import family_of, on_model_device
+from .pooling import Pooling
 
 #: The default weighting rule, (count + alpha) ** power, chosen by `benchmarks/sts_curve.py
 #: select` on 2,000 STS-B *train* pairs (best mean Spearman over SVD, MESSI k=3 and k=5 at 60% and
@@ -34,10 +38,9 @@ from .evaluate import Pooling, pool
 #: smoothed by 10 so that rare and unseen tokens keep a floor.
 DEFAULT_ALPHA = 10.0
 DEFAULT_POWER = 1.0
-#: Calibration texts whose backward passes measure the embedding's output metric
-#: (``output_sensitivity``) in ``messi compress`` and the demo: the best of 0, 250, 1000 and 4000
-#: on STS-B *train* pairs (`benchmarks/sts_curve.py select-metric`; docs/benchmarks.md).
-DEFAULT_OUTPUT_TEXTS = 4000
+#: ``DEFAULT_OUTPUT_TEXTS`` (families.py): calibration texts whose backward passes measure the
+#: embedding's output metric (``output_sensitivity``) in ``messi compress`` and the demo: the best
+#: of 0, 250, 1000 and 4000 on STS-B *train* pairs (`benchmarks/sts_curve.py select-metric`).
 #: Calibration text when none is given for Linear-layer compression: GLUE train texts of tasks
 #: other than STS-B (whose dev pairs are the zero-shot score we report).
 DEFAULT_SOURCES = ("glue:sst2", "glue:cola", "glue:mrpc", "glue:rte")
@@ -80,8 +83,6 @@ def weights_from_counts(counts: torch.Tensor, alpha: float = DEFAULT_ALPHA, powe
 
 
 def _read_glue(task_name: str, data_dir) -> list[str]:
-    from .glue.data import get_task, read_split
-
     task = get_task(task_name)
     texts = []
     for ex in read_split(task, "train", data_dir):
@@ -226,40 +227,18 @@ def _tokenize(tokenizer, texts: list, **kwargs):
     return tokenizer(texts, **kwargs)
 
 
-def _encoder(model):
-    return getattr(model, "base_model", model)
-
-
-def _on_model_device(model, batch: dict) -> dict:
-    device = next(model.parameters()).device
-    return {k: v.to(device) for k, v in batch.items()}
-
-
 def has_sequence_head(model) -> bool:
-    """Whether ``model`` ends in a sequence-level task head (a GLUE classifier or regressor:
-    ``...ForSequenceClassification``), whose logits are what its user reads."""
-    return type(model).__name__.endswith("ForSequenceClassification")
+    """Whether ``model`` ends in a sequence-level task head (its family is ``SequenceClassifier``)."""
+    return family_of(model).name == "sequence-classifier"
 
 
 @torch.no_grad()
 def model_outputs(model, batches: list[dict]) -> torch.Tensor:
-    """What the model gives its user on ``batches``, the reference against which a compressed
-    layer's damage is read: the logits (texts, labels) of a sequence-level task head, else the
-    encoder's last hidden states at every real (unpadded) token (tokens, hidden); float32.
-
-    A fine-tuned classifier reads one token through its head, so errors elsewhere in the token
-    states do not reach its answers; its logits are the right yardstick (selected on 2,000
-    STS-B train rows: see docs/benchmarks.md section 6)."""
-    head = has_sequence_head(model)
-    out = []
-    for batch in batches:
-        batch = _on_model_device(model, batch)
-        if head:
-            out.append(model(**batch).logits.float().cpu())
-        else:
-            hidden = _encoder(model)(**batch)[0]
-            out.append(hidden[batch["attention_mask"].bool()].float().cpu())
-    return torch.cat(out)
+    """What the model gives its user on ``batches`` (its family's ``reference_outputs``): the
+    logits (texts, labels) of a task head, else the last hidden states at every real token
+    (tokens, hidden); float32. The yardstick of a compressed layer's damage."""
+    family = family_of(model)
+    return torch.cat([family.reference_outputs(model, on_model_device(model, batch)) for batch in batches])
 
 
 class _Enough(Exception):
@@ -270,7 +249,7 @@ def _layer_inputs(model, batch: dict, modules: dict) -> dict[str, torch.Tensor]:
     """One forward pass of ``batch``: the input of each module in ``modules`` (name: module) at
     the real tokens, (tokens, in) float64 on the CPU. The pass stops as soon as all of them
     have seen their input (the layers after them never run)."""
-    batch = _on_model_device(model, batch)
+    batch = on_model_device(model, batch)
     mask, seen = batch["attention_mask"].bool(), {}
 
     def hook(name):
@@ -284,7 +263,7 @@ def _layer_inputs(model, batch: dict, modules: dict) -> dict[str, torch.Tensor]:
 
     handles = [m.register_forward_pre_hook(hook(name)) for name, m in modules.items()]
     try:
-        _encoder(model)(**batch)
+        family_of(model).backbone(model)(**batch)
     except _Enough:
         pass
     finally:
@@ -321,7 +300,10 @@ def output_sensitivity(model, batches: list[dict], pooling=None, seed: int = 0, 
     Estimated with one Gaussian probe z per text and batch (E[J^T z z^T J] = J^T J): one
     backward pass per batch, seeded by ``seed``, so the result is deterministic.
     """
+    if not batches:
+        raise MessiError("output_sensitivity needs at least one calibration batch; give calibration text")
     pooling = pooling or Pooling()
+    family = family_of(model)
     emb = model.get_input_embeddings()
     d = emb.embedding_dim
     total, tokens = torch.zeros(d, d, dtype=torch.float64), 0
@@ -337,10 +319,10 @@ def output_sensitivity(model, batches: list[dict], pooling=None, seed: int = 0, 
     model.eval()
     try:
         for batch in tqdm(batches, desc="output metric", unit="batch", disable=not progress):
-            batch = _on_model_device(model, batch)
+            batch = on_model_device(model, batch)
             mask = batch["attention_mask"].bool()
             with torch.enable_grad():
-                out = _user_output(model, batch, pooling)
+                out = family.user_output(model, batch, pooling)
                 z = torch.randn(out.shape, generator=generator, dtype=torch.float32).to(out)
                 (grad,) = torch.autograd.grad((out * z).sum(), captured["rows"])
             g = grad[mask].double().cpu()
@@ -356,18 +338,51 @@ def output_metric(model, batches: list[dict], pooling=None, progress: bool = Fal
     """``output_sensitivity`` (d, d) of ``model`` on ``batches``, and what messi.json keeps of
     it: how many texts, which output, the probe."""
     pooling = pooling or Pooling()
-    output = ("task head logits" if has_sequence_head(model) else
-              f"sentence embedding ({pooling.mode} pooling{', normalised' if pooling.normalize else ''})")
+    output = family_of(model).describe_output(pooling)
     record = {"texts": sum(len(b["input_ids"]) for b in batches), "output": output,
               "probe": "one Gaussian probe per text, seed 0"}
     return output_sensitivity(model, batches, pooling, progress=progress), record
 
 
-def _user_output(model, batch: dict, pooling) -> torch.Tensor:
-    """What the model gives its user for ``batch``: logits (texts, labels) of a task head,
-    else the pooled (and, as configured, normalised) sentence embeddings (texts, d)."""
-    if has_sequence_head(model):
-        return model(**batch).logits.float()
-    hidden = _encoder(model)(**batch)[0]
-    vectors = pool(hidden, batch["attention_mask"], pooling.mode).float()
-    return torch.nn.functional.normalize(vectors, dim=-1) if pooling.normalize else vectors
+@dataclass
+class CalibrationData:
+    """What ``compress`` reads of calibration, made from text by ``prepare`` or given by hand.
+
+    row_weights : (n,) non-negative weight of every embedding row (``Calibration.weights``).
+    embedding_metric : (d, d) positive semi-definite G: the embedding fit minimises
+        sum_r w_r e_r G e_r^T over the row errors e_r (``output_sensitivity``).
+    inputs : calibration batches (``calibration_batches``) for Linear targets: their input
+        moments and each matrix's measured sensitivity come from them.
+    activations : Linear layer name -> (in, in) input second moments, if already collected.
+    record : what messi.json keeps under "calibration" (``Calibration.record()``).
+    """
+
+    row_weights: torch.Tensor | None = None
+    embedding_metric: torch.Tensor | None = None
+    inputs: list | None = None
+    activations: dict | None = None
+    record: dict | None = None
+
+    def is_empty(self) -> bool:
+        """Whether nothing in it changes a fit."""
+        return all(x is None for x in (self.row_weights, self.embedding_metric, self.inputs, self.activations))
+
+
+def prepare(model, tokenizer, settings: CalibrationSettings, target: str = "embedding", pooling: Pooling | None = None,
+            data_dir=None, progress: bool = False) -> CalibrationData:
+    """Calibration data for compressing ``model`` as ``target`` from the text ``settings`` names:
+    row weights from token counts; for Linear targets the calibration batches; for the
+    embedding target the output metric on ``settings.output_texts`` texts (the model family's
+    default when None; ``pooling``: how the user pools sentence embeddings)."""
+    if tokenizer is None:
+        raise MessiError("calibration needs the model's tokenizer, and the model folder has none")
+    texts = read_all(list(settings.sources), data_dir, settings.text_column)  # read once for all uses
+    cal = calibrate(tokenizer, list(settings.sources), model.get_input_embeddings().num_embeddings, data_dir,
+                    settings.text_column, settings.alpha, settings.power, texts=texts)
+    inputs = calibration_batches(tokenizer, texts) if target != "embedding" else None
+    n_out = family_of(model).default_output_texts if settings.output_texts is None else settings.output_texts
+    metric = None
+    if n_out and target == "embedding":  # measured there; Linear targets keep their measured default
+        batches = calibration_batches(tokenizer, texts, max_texts=n_out)
+        metric, cal.output_metric = output_metric(model, batches, pooling, progress=progress)
+    return CalibrationData(row_weights=cal.weights, embedding_metric=metric, inputs=inputs, record=cal.record())

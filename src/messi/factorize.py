@@ -16,8 +16,6 @@ import torch
 from .clustering import ProjectiveClustering, as_matrix, check_sample_weight, coordinates
 from .errors import MessiError
 
-METHODS = ("svd", "messi")
-
 
 @dataclass
 class Factors:

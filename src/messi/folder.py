@@ -13,13 +13,11 @@ import json
 import numbers
 from pathlib import Path
 
+from .config import METHODS, ORIENTATIONS, TARGETS
 from .errors import MessiError
 
 CONFIG_NAME = "messi.json"
 WEIGHTS_NAME = "model.safetensors"
-METHODS = ("svd", "messi")
-TARGETS = ("embedding", "linear", "all")
-ORIENTATIONS = ("rows", "columns")
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 #: Largest vocabulary accepted from a file (2^31 rows: far above any real tokenizer).
 MAX_ROWS = 2**31

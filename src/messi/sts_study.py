@@ -17,10 +17,25 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .calibration import (DEFAULT_ALPHA, DEFAULT_OUTPUT_TEXTS, DEFAULT_POWER, DEFAULT_SOURCES, calibrate, calibration_batches,
-                          output_sensitivity, read_all, weights_from_counts)
+from .calibration import (
+    DEFAULT_ALPHA,
+    DEFAULT_OUTPUT_TEXTS,
+    DEFAULT_POWER,
+    DEFAULT_SOURCES,
+    CalibrationData,
+    calibrate,
+    calibration_batches,
+    output_sensitivity,
+    read_all,
+    weights_from_counts,
+)
+from .compress import compress
+from .config import CompressionConfig
 from .errors import MessiError
+from .evaluate import read_pooling, sts_score
+from .factorize import relative_error
 from .io import save_png, write_json, write_text
+from .models import load_pretrained, load_tokenizer, resolve_model
 
 
 @dataclass(frozen=True)
@@ -63,9 +78,6 @@ class Study:
 
     def __init__(self, model_ref, pairs, results_file: str | Path, reference_counts: torch.Tensor | None = None,
                  data_dir=None, n_init: int = 4, max_iter: int = 50, seed: int = 0, split: str = "dev"):
-        from .compress import load_pretrained, load_tokenizer
-        from .evaluate import read_pooling
-        from .models import resolve_model
 
         self.model_ref, self.pairs, self.data_dir, self.split = model_ref, pairs, data_dir, split
         self.results_file = Path(results_file)
@@ -126,7 +138,6 @@ class Study:
 
     def uncompressed(self) -> dict:
         """The uncompressed model's scores (a cell with method "none")."""
-        from .evaluate import sts_score
 
         if "none" not in self.results:
             score = sts_score(self.base, self.tokenizer, self.pooling, self.pairs)
@@ -146,10 +157,6 @@ class Study:
         return [self.results[s.key] for s in settings]
 
     def _cell(self, s: Setting) -> dict:
-        from .compress import compress
-        from .evaluate import sts_score
-        from .factorize import relative_error
-
         weights = metric = None
         if s.calibration:
             weights = weights_from_counts(self.counts(s.calibration), s.alpha, s.power)
@@ -160,8 +167,9 @@ class Study:
         model = copy.deepcopy(self.base)
         start = time.perf_counter()
         seed = self.seed if s.seed is None else s.seed
-        compress(model, method=s.method, ratio=s.ratio, k=s.k, seed=seed, n_init=self.n_init,
-                 max_iter=self.max_iter, row_weights=weights, embedding_metric=metric)
+        config = CompressionConfig(method=s.method, ratio=s.ratio, k=s.k, seed=seed, n_init=self.n_init,
+                                   max_iter=self.max_iter)
+        compress(model, config, CalibrationData(row_weights=weights, embedding_metric=metric))
         seconds = time.perf_counter() - start
         info = model.messi_config
         record = {"key": s.key, **asdict(s), "calibration": list(s.calibration), "rank": info["rank"],

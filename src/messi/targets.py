@@ -1,23 +1,22 @@
 """What is compressed in a Hugging Face model: where the targets are, and how factored layers
 are swapped in (at compression, at load, and on the other processes of a distributed run).
 
-Targets:
+Targets (found by the model's family, ``families.py``):
 - the input embedding (``get_input_embeddings()``), with a tied output head following it;
-- every ``nn.Linear`` inside the encoder's numbered blocks (attention q/k/v/out, FFN in/out):
-  modules whose qualified name passes through a ``ModuleList`` index ("...layer.3...").
-  Poolers, classifier and LM heads are not in a numbered block and are left alone.
+- every ``nn.Linear`` inside the numbered blocks (attention q/k/v/out, FFN in/out, a decoder's
+  gate/up/down): modules whose qualified name passes through a ``ModuleList`` index
+  ("...layer.3..."). Poolers, classifier and LM heads are not in a numbered block.
 """
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
+from .config import TARGETS
 from .errors import MessiError
+from .families import family_of
 from .layers import TiedOutputEmbedding, _LowRankEmbedding
 from .linear import FactorizedLinear, ProjectiveLinear, _FactoredLinear
-
-from .folder import TARGETS
 
 #: The name the allocator gives the input embedding among the Linear layers' names.
 EMBEDDING = "<input embedding>"
@@ -31,24 +30,13 @@ def check_target(target: str) -> str:
 
 
 def input_embedding(model: nn.Module) -> nn.Embedding:
-    """The model's input ``nn.Embedding``, or MessiError (none, or already compressed)."""
-    getter = getattr(model, "get_input_embeddings", None)
-    emb = getter() if getter else None
-    if isinstance(emb, _LowRankEmbedding):
-        raise MessiError("this model's embedding is already compressed; start from the original model")
-    if not isinstance(emb, nn.Embedding):
-        raise MessiError(
-            f"{type(model).__name__} has no input embedding (get_input_embeddings() gave "
-            f"{type(emb).__name__}); pass a Hugging Face text model"
-        )
-    return emb
+    """The model's input ``nn.Embedding`` (``families``), or MessiError (none, or already compressed)."""
+    return family_of(model).input_embedding(model)
 
 
 def is_tied(model: nn.Module, emb: nn.Embedding) -> bool:
     """Whether the output head's weight is the input embedding's tensor."""
-    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    w = getattr(out, "weight", None)
-    return isinstance(w, torch.Tensor) and w.data_ptr() == emb.weight.data_ptr()
+    return family_of(model).is_tied(model, emb)
 
 
 def install_embedding(model: nn.Module, layer: _LowRankEmbedding, tied: bool) -> None:
@@ -60,20 +48,9 @@ def install_embedding(model: nn.Module, layer: _LowRankEmbedding, tied: bool) ->
     model.set_input_embeddings(layer)
 
 
-def _in_numbered_block(name: str) -> bool:
-    return any(part.isdigit() for part in name.split("."))
-
-
 def linear_targets(model: nn.Module) -> dict[str, nn.Linear]:
-    """Every ``nn.Linear`` of the encoder's blocks, by qualified name, in model order."""
-    found = {name: m for name, m in model.named_modules()
-             if isinstance(m, nn.Linear) and _in_numbered_block(name)}
-    if any(isinstance(m, _FactoredLinear) for m in model.modules()):
-        raise MessiError("this model's Linear layers are already compressed; start from the original model")
-    if not found:
-        raise MessiError(f"{type(model).__name__} has no nn.Linear inside numbered encoder blocks; "
-                         "use --target embedding")
-    return found
+    """Every ``nn.Linear`` of the model's numbered blocks, by qualified name, in model order."""
+    return family_of(model).linear_layers(model)
 
 
 def empty_linear(entry: dict) -> _FactoredLinear:

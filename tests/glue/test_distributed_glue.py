@@ -12,8 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-
-from messi.glue.data import get_task, read_split
+from messi.datasets import get_task, read_split
 from messi.glue.train import TrainConfig, evaluate, load_classifier, subsample, tokenizer_for
 
 #: all 277 RTE dev rows: several eval batches per process, the last one uneven (padded

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from messi.glue.data import get_task
+from messi.datasets import get_task
 from messi.glue.metrics import compute_metrics, glue_score
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from messi import MessiError
-from messi.glue.data import read_split
+from messi.datasets import read_split
 from messi.glue.train import TrainConfig, evaluated_on, train_and_eval_rows
 
 
@@ -72,7 +72,7 @@ def test_a_new_head_is_drawn_from_the_seed_alone(minilm_dir, tmp_path):
     import torch
 
     import messi
-    from messi.glue.data import get_task
+    from messi.datasets import get_task
     from messi.glue.train import load_classifier
 
     task = get_task("rte")

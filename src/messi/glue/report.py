@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import io
 from ..errors import MessiError
 from .metrics import glue_score
 from .sweep import UNCOMPRESSED  # the columns with no ratio
@@ -176,8 +177,6 @@ def _average(by_task: dict[str, list[float]], tasks: list[str]) -> float | None:
 
 def write_report(sweep_dir: str | Path) -> tuple[Path, Path, str]:
     """Write SWEEP/report.md and SWEEP/report.png; return their paths and the markdown."""
-    from ..io import write_text
-
     sweep_dir = Path(sweep_dir)
     records = load_records(sweep_dir)
     scores, params = summarize(records)
@@ -226,7 +225,7 @@ def write_report(sweep_dir: str | Path) -> tuple[Path, Path, str]:
     lines += [f"| {c} | {params[c]:,} |" for c in columns] + [""]
     md = "\n".join(lines)
     md_path, png_path = sweep_dir / "report.md", sweep_dir / "report.png"
-    write_text(md_path, md)
+    io.write_text(md_path, md)
     _plot(scores, params, tasks, png_path, drops, columns)
     return md_path, png_path, md
 
@@ -236,8 +235,6 @@ def _plot(scores, params, tasks, path: Path, drops, columns: list[str]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from ..io import save_png
 
     fig, (ax, bars) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [1, 1.2]})
     _plot_drops(bars, drops, _compressed(columns), tasks)
@@ -265,7 +262,7 @@ def _plot(scores, params, tasks, path: Path, drops, columns: list[str]) -> None:
     ax.set_title("Accuracy against embedding size")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    save_png(fig, path)
+    io.save_png(fig, path)
 
 
 def _color(method: str) -> str:

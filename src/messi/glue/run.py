@@ -7,11 +7,23 @@ from pathlib import Path
 
 from .. import distributed
 from ..compress import compress
+from ..config import CompressionConfig
+from ..datasets import get_task, read_split
 from ..errors import MessiError
 from ..io import check_output_folder, write_json
-from .data import get_task, read_split
-from .train import (TrainConfig, evaluate, fine_tune, load_classifier, max_positions, run_record,
-                    save_classifier, share_from_main, tokenizer_for, train_and_eval_rows, evaluated_on)
+from .train import (
+    TrainConfig,
+    evaluate,
+    evaluated_on,
+    fine_tune,
+    load_classifier,
+    max_positions,
+    run_record,
+    save_classifier,
+    share_from_main,
+    tokenizer_for,
+    train_and_eval_rows,
+)
 
 METHOD_CHOICES = ("none", "svd", "messi")
 
@@ -40,7 +52,7 @@ def run_glue(task_name: str, output_dir: str | Path, model_ref=None, method: str
     start = time.perf_counter()
     model = load_classifier(model_ref, task, cfg.seed)
     compress_fn = None if method == "none" else (
-        lambda m: compress(m, method=method, ratio=ratio, k=k, seed=cfg.seed, verbose=True))
+        lambda m: compress(m, CompressionConfig(method=method, ratio=ratio, k=k, seed=cfg.seed), verbose=True))
     share_from_main(model, compress_fn)
     fine_tune(model, tokenizer, task, train, cfg)
     metrics = evaluate(model, tokenizer, task, dev, cfg)

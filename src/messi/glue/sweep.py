@@ -29,13 +29,23 @@ import transformers
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..calibration import DEFAULT_OUTPUT_TEXTS, calibrate, calibration_batches, output_metric
+from ..calibration import DEFAULT_OUTPUT_TEXTS, CalibrationData, calibrate, calibration_batches, output_metric
 from ..compress import compress
+from ..config import CompressionConfig
+from ..datasets import get_task, read_split
 from ..errors import MessiError
 from ..io import write_json
-from .data import get_task, read_split
-from .train import (TrainConfig, evaluate, fine_tune, load_classifier, run_record, save_classifier,
-                    share_from_main, tokenizer_for, train_and_eval_rows)
+from .train import (
+    TrainConfig,
+    evaluate,
+    fine_tune,
+    load_classifier,
+    run_record,
+    save_classifier,
+    share_from_main,
+    tokenizer_for,
+    train_and_eval_rows,
+)
 
 PROTOCOLS = ("paper", "compress-first")
 #: Methods a sweep knows; "+cal" ones weigh the embedding rows by the task's own train text;
@@ -160,7 +170,8 @@ class Sweep:
         if distributed.main_answers(lambda: (folder / "config.json").is_file()):
             # the cached base; processes other than main get its weights from main
             if distributed.is_main():
-                model = transformers.AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True)
+                model = transformers.AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True,
+                                                                                   trust_remote_code=False)
             else:
                 model = load_classifier(self.model_ref, task, seed)
             return share_from_main(model).eval(), tokenizer, folder
@@ -214,8 +225,8 @@ class Sweep:
                 if output_aware:
                     metric, cal.output_metric = self._output_metric(model, tokenizer, task, seed)
                 weights, record = cal.weights, cal.record()
-            compress(model, method=base, ratio=ratio, k=self.k, seed=seed, verbose=True, row_weights=weights,
-                     calibration=record, embedding_metric=metric)
+            compress(model, CompressionConfig(method=base, ratio=ratio, k=self.k, seed=seed),
+                     CalibrationData(row_weights=weights, embedding_metric=metric, record=record), verbose=True)
 
         share_from_main(model, run)
 

@@ -16,14 +16,14 @@ import torch
 import transformers
 from torch import nn
 
-from ..compress import install_empty, is_messi_folder, load, load_tokenizer, save
-from ..linear import _FactoredLinear
-from ..targets import install_embedding, install_linear
-from ..io import atomic_dir, write_json
 from .. import checks, distributed
+from ..datasets import Example, Task
 from ..errors import MessiError
-from ..models import _from_pretrained, _new_weights, _summary, resolve_model
-from .data import Example, Task
+from ..io import atomic_dir, write_json
+from ..linear import _FactoredLinear
+from ..models import _from_pretrained, _new_weights, _summary, load_tokenizer, resolve_model
+from ..persist import install_empty, is_messi_folder, load, save
+from ..targets import install_embedding, install_linear
 from .metrics import compute_metrics
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from messi import MessiError
-from messi.glue.data import find_data_dir, get_task, read_split
+from messi.datasets import find_data_dir, get_task, read_split
 
 COUNTS = {  # (train, dev) rows from ../shared/data/glue/README.md
     "cola": (8551, 1043), "sst2": (67349, 872), "mrpc": (3668, 408),

@@ -9,7 +9,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import MessiError
+from .errors import MessiError
 
 ENV_VAR = "MESSI_GLUE_DIR"
 

