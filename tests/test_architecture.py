@@ -2,7 +2,7 @@
 one-way layers, fitting apart from persistence, math apart from transformers), ruff's lint, no
 module over 400 lines, and every `from_pretrained` call in src/ refusing remote code."""
 
-import re
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -32,15 +32,9 @@ def test_no_module_over_400_lines():
 def test_every_from_pretrained_in_src_refuses_remote_code():
     calls = []
     for path in SRC.rglob("*.py"):
-        text = path.read_text()
-        for m in re.finditer(r"\.from_pretrained\(", text):
-            # the call's arguments: up to the matching parenthesis
-            depth, i = 1, m.end()
-            while depth and i < len(text):
-                depth += {"(": 1, ")": -1}.get(text[i], 0)
-                i += 1
-            calls.append((path.name, text[m.end():i]))
-    assert calls
-    lacking = [(name, args) for name, args in calls
-               if "trust_remote_code=False" not in args and "def " not in args]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "from_pretrained":
+                calls.append((path.name, node.lineno, {k.arg: getattr(k.value, "value", None) for k in node.keywords}))
+    assert len(calls) >= 5
+    lacking = [(name, line) for name, line, kw in calls if kw.get("trust_remote_code", "missing") is not False]
     assert not lacking, lacking

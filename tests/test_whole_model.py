@@ -587,7 +587,7 @@ def test_a_layer_kept_dense_is_recorded_as_dense_and_left_alone():
 def test_each_layer_is_searched_in_the_orientations_that_can_pay(monkeypatch):
     """k bases of the longer side cost k times more: rows for tall W (out > in), columns for wide
     W (in > out), both for square; the method and the layer's moments are passed on."""
-    compress_module = sys.modules["messi.layerwise"]
+    compress_module = sys.modules["messi.fit"]
     real, seen = compress_module._best_fit, {}
 
     def spy(M, rank, method, k, search, orientations, moments, weights, settings):

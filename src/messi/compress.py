@@ -21,7 +21,7 @@ from .clustering import check_sample_weight
 from .config import CompressionConfig
 from .errors import MessiError
 from .factorize import check_rank, rank_for_ratio
-from .fit import fit_embedding
+from .fit import fit_embedding, fit_embedding_to_size
 from .layerwise import compress_layers
 from .targets import input_embedding
 from .version import __version__
@@ -55,16 +55,19 @@ def compress(model: nn.Module, config: CompressionConfig | None = None, calibrat
     calibration = _check_calibration(calibration)
     settings = {**config.clustering_settings(), "verbose": verbose}
     target, method, k = config.target, config.method, config.k
-    params_before = _count_params(model)
+    params_before, bytes_before = _count_params(model), _count_bytes(model)
     emb = input_embedding(model) if target != "linear" else None
     weights = None if emb is None else check_sample_weight(calibration.row_weights, emb.num_embeddings)
     metric = None if emb is None else _check_metric(calibration.embedding_metric, emb.embedding_dim)
     start = time.perf_counter()
-    if target == "embedding":
+    if target == "embedding" and config.size is not None:
+        info = {"target": "embedding", "ratio": config.ratio,
+                **fit_embedding_to_size(model, emb, config, weights, settings, metric)}
+    elif target == "embedding":
         n, d = emb.weight.shape
         rank = rank_for_ratio(n, d, k, config.ratio) if config.rank is None else check_rank(config.rank, d)
-        info = {"target": "embedding", **fit_embedding(model, emb, method, k, rank, weights, settings, metric),
-                "ratio": config.ratio}
+        info = {"target": "embedding", "ratio": config.ratio,
+                **fit_embedding(model, emb, method, k, rank, weights, settings, metric, config.bits, config.group_size)}
     else:
         info = compress_layers(model, target, method, config.ratio, k, config.allocation, calibration.activations,
                                calibration.inputs, emb, weights, settings, config.activation_aware, metric)
@@ -73,6 +76,7 @@ def compress(model: nn.Module, config: CompressionConfig | None = None, calibrat
         "init_size": config.init_size,
         "loss": config.loss if method == "messi" else "l2", "fit_seconds": time.perf_counter() - start,
         "model_params_before": params_before, "model_params_after": _count_params(model),
+        "model_bytes_before": bytes_before, "model_bytes_after": _count_bytes(model),
         "model_class": type(model).__name__, "dtype": _dtype_name(_model_dtype(model)),
         "messi_version": __version__, "config": config.to_dict(),
     })
@@ -122,6 +126,17 @@ def _check_metric(metric, d: int):
 
 def _count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def _count_bytes(model: nn.Module) -> int:
+    """Bytes of what a save writes: every distinct tensor of the state dict (a tied table once)."""
+    seen, total = set(), 0
+    for t in model.state_dict().values():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        if key not in seen:
+            seen.add(key)
+            total += t.numel() * t.element_size()
+    return total
 
 
 def _model_dtype(model: nn.Module) -> torch.dtype:

@@ -14,6 +14,7 @@ command line builds it from its flags; ``messi.load`` gives it back as ``model.c
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass, field
 
 from . import checks
@@ -27,6 +28,8 @@ LOSSES = ("l2", "l1", "huber")
 #: Storage of the factors: None keeps the model's float precision; 8 and 4 store the coordinates
 #: as integers with scales (``quantize.py``).
 BITS = (None, 8, 4)
+#: Coordinates per fp16 scale at 4 bits (the common GGUF / torchao group size).
+DEFAULT_GROUP_4BIT = 32
 
 
 def _choice(name: str, value, choices) -> None:
@@ -67,12 +70,18 @@ class CompressionConfig:
 
     method : "messi" (k subspaces) or "svd" (one subspace; k is then 1).
     ratio : compression of the targeted parameters taken together, 1 - new/old, in (0, 1).
+    size : instead of ratio (target "embedding"): the stored bytes as a fraction of the original
+        table's, in (0, 1); the rank and the bits (8 or 4, unless ``bits`` fixes them) that give
+        the lowest fit error within it are chosen.
     k : subspaces of MESSI; with target "linear"/"all" and the global allocation, the largest
         k tried per layer.
     rank : subspace dimension j (target "embedding" only); None: the largest j reaching ratio.
     target : "embedding", "linear" (every Linear of the model's numbered blocks) or "all".
     allocation : how "linear"/"all" spend the budget: "global", "uniform" or "shared-rank".
-    bits : None (float factors) or 8 / 4: coordinates stored as integers with scales.
+    bits : None (float factors) or 8 / 4: coordinates stored as integers with fp16 scales, bases
+        in float16 (target "embedding").
+    group_size : coordinates per scale; None: one scale per row for 8 bits, groups of
+        ``DEFAULT_GROUP_4BIT`` for 4 bits.
     seed, n_init, max_iter, tol, loss, init_size : the projective clustering's settings
         (``ProjectiveClustering``); init_size None runs every restart on every row.
     activation_aware : with calibration inputs, whether Linear fits minimise output error.
@@ -81,11 +90,13 @@ class CompressionConfig:
 
     method: str = "messi"
     ratio: float = 0.4
+    size: float | None = None
     k: int = 3
     rank: int | None = None
     target: str = "embedding"
     allocation: str = "global"
     bits: int | None = None
+    group_size: int | None = None
     seed: int = 0
     n_init: int = 4
     max_iter: int = 50
@@ -101,20 +112,35 @@ class CompressionConfig:
         _choice("allocation", self.allocation, ALLOCATIONS)
         _choice("loss", self.loss, LOSSES)
         _choice("bits", self.bits, BITS)
-        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0.0 < float(self.ratio) < 1.0:
+        if self.bits is None and self.group_size is not None:
+            raise MessiError("group_size needs bits (8 or 4); give --bits too")
+        if self.bits == 4 and self.group_size is None:
+            object.__setattr__(self, "group_size", DEFAULT_GROUP_4BIT)
+        if self.group_size is not None:
+            checks.integer("group_size", self.group_size, 1)
+        if self.bits is not None and self.target != "embedding":
+            raise MessiError("bits: quantized factors are built for target embedding only so far; "
+                             "use --target embedding, or leave out --bits")
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, numbers.Real) or not 0.0 < float(self.ratio) < 1.0:
             raise MessiError(f"ratio must be strictly between 0 and 1 (e.g. 0.4 for -40%), got {self.ratio!r}")
         object.__setattr__(self, "ratio", float(self.ratio))
+        if self.size is not None:
+            object.__setattr__(self, "size", checks.real("size", self.size, 0, 1, low_open=True))
+            if self.size >= 1:
+                raise MessiError(f"size must be below 1 (a fraction of the table's bytes), got {self.size:g}")
+            if self.target != "embedding" or self.rank is not None:
+                raise MessiError("size chooses the rank of the embedding: use it with target embedding and no rank")
         object.__setattr__(self, "k", 1 if self.method == "svd" else checks.integer("k", self.k, 1))
         if self.rank is not None:
-            checks.integer("rank", self.rank, 1)
+            object.__setattr__(self, "rank", checks.integer("rank", self.rank, 1))
             if self.target != "embedding":
                 raise MessiError("rank is chosen per layer for target linear/all; give ratio instead")
-        checks.seed("seed", self.seed)
-        checks.integer("n_init", self.n_init, 1, 1000)
-        checks.integer("max_iter", self.max_iter, 1, 100_000)
-        checks.real("tol", self.tol, 0.0)
+        object.__setattr__(self, "seed", checks.seed("seed", self.seed))
+        object.__setattr__(self, "n_init", checks.integer("n_init", self.n_init, 1))
+        object.__setattr__(self, "max_iter", checks.integer("max_iter", self.max_iter, 1))
+        object.__setattr__(self, "tol", checks.real("tol", self.tol))
         if self.init_size is not None:
-            checks.integer("init_size", self.init_size, 1)
+            object.__setattr__(self, "init_size", checks.integer("init_size", self.init_size, 1))
         if not isinstance(self.activation_aware, bool):
             raise MessiError(f"activation_aware must be true or false, got {self.activation_aware!r}")
         if isinstance(self.calibration, dict):

@@ -11,10 +11,12 @@ import torch
 from torch import nn
 
 from .allocate import messi_params, same_size_rank, svd_params
-from .config import ORIENTATIONS
+from .config import DEFAULT_GROUP_4BIT, ORIENTATIONS
+from .errors import MessiError
 from .factorize import compression, factorize, parameter_count, relative_error, whitening
 from .layers import FactorizedEmbedding, ProjectiveEmbedding, _LowRankEmbedding
 from .linear import FactorizedLinear, ProjectiveLinear
+from .quantize import rank_for_bytes, refit_bases
 from .targets import install_embedding, install_linear, is_tied
 
 
@@ -25,19 +27,73 @@ def _embedding_layer(factors, emb: nn.Embedding, method: str) -> _LowRankEmbeddi
     return cls.from_factors(factors, emb.padding_idx, _padding_row(A, emb.padding_idx)).to(device=A.device, dtype=A.dtype)
 
 
-def fit_embedding(model, emb, method, k, rank, weights, settings, metric=None) -> dict:
-    """Fit and install the embedding at (method, k, rank); its messi.json fields."""
+def fit_embedding(model, emb, method, k, rank, weights, settings, metric=None, bits=None, group_size=None) -> dict:
+    """Fit and install the embedding at (method, k, rank), its coordinates stored in ``bits``
+    (None: floats); its messi.json fields."""
     factors = factorize(emb.weight.detach(), method, k, rank, weights, metric, **settings)
-    return install_embedding_factors(model, emb, factors, method, k, rank, weights, metric)
+    return install_embedding_factors(model, emb, factors, method, k, rank, weights, metric, bits, group_size)
 
 
-def install_embedding_factors(model, emb, factors, method, k, rank, weights, metric=None) -> dict:
+def fit_embedding_to_size(model, emb, config, weights, settings, metric=None) -> dict:
+    """Fit the embedding within ``config.size`` of its bytes: for each storage (``config.bits``,
+    else 8 and 4 bits) the largest rank that fits, fitted once; the one with the lowest error the
+    fit minimises (output-side if ``metric``, weighted if ``weights``) is installed. The
+    candidates are recorded under "size_candidates"."""
+    A = emb.weight.detach()
+    n, d = A.shape
+    padding = 0 if emb.padding_idx is None else d * A.element_size()  # the padding row is kept exact
+    budget = int(config.size * A.numel() * A.element_size()) - padding
+    group = {8: config.group_size, 4: config.group_size or DEFAULT_GROUP_4BIT}
+    choices = [(bits, group[bits]) for bits in ((config.bits,) if config.bits else (8, 4))]
+    candidates = []
+    for bits, g in choices:
+        rank = rank_for_bytes(n, d, config.k, budget, bits, g)
+        if rank < 1:
+            continue
+        factors = factorize(A, config.method, config.k, rank, weights, metric, **settings)
+        layer = _embedding_layer(factors, emb, config.method)
+        _quantize_layer(layer, A, factors.labels, bits, g, weights, metric)
+        with torch.no_grad():
+            err = relative_error(A, layer.weight, weights, metric)
+        candidates.append({"bits": bits, "group_size": g, "rank": rank, "error": err, "factors": factors})
+    if not candidates:
+        raise MessiError(f"no rank fits {config.size:.2%} of the table's bytes with k={config.k}; "
+                         "give a larger --size or a smaller --k")
+    best = min(candidates, key=lambda c: c["error"])
+    record = install_embedding_factors(model, emb, best["factors"], config.method, config.k, best["rank"], weights,
+                                       metric, best["bits"], best["group_size"])
+    record["size"] = config.size
+    record["size_candidates"] = [{key: c[key] for key in ("bits", "group_size", "rank", "error")} for c in candidates]
+    return record
+
+
+def install_embedding_factors(model, emb, factors, method, k, rank, weights, metric=None, bits=None,
+                              group_size=None) -> dict:
     """Swap in the factored embedding holding ``factors`` (and the tied head); its messi.json fields."""
     A = emb.weight.detach()
     layer = _embedding_layer(factors, emb, method)
+    storage = {} if bits is None else _quantize_layer(layer, A, factors.labels, bits, group_size, weights, metric)
     tied = is_tied(model, emb)
     install_embedding(model, layer, tied)
-    return _embedding_record(A, layer, method, k, rank, weights, emb.padding_idx, tied, metric)
+    return {**_embedding_record(A, layer, method, k, rank, weights, emb.padding_idx, tied, metric), **storage}
+
+
+def _quantize_layer(layer, A, labels, bits, group_size, weights, metric) -> dict:
+    """Quantize ``layer``'s coordinates, then refit its bases against them (least squares per
+    cluster, ``quantize.refit_bases``) if that lowers the error the fit minimised; both kept in
+    the layer's storage (fp16 bases). Returns the messi.json fields of the storage."""
+    layer.quantize_(bits, group_size)
+    name = layer._basis_names[0]
+    with torch.no_grad():
+        before = relative_error(A, layer.weight, weights, metric)
+        kept = getattr(layer, name).detach().clone()
+        refit = refit_bases(A, layer._coords(), labels, labels.max().item() + 1 if labels.numel() else 1, weights)
+        getattr(layer, name).copy_(refit.reshape(kept.shape).to(kept.dtype))
+        after = relative_error(A, layer.weight, weights, metric)
+        if not after < before:
+            getattr(layer, name).copy_(kept)
+    return {"bits": bits, "group_size": group_size, "bases_refit": bool(after < before),
+            "bases_dtype": "float16"}
 
 
 def _embedding_record(A, layer, method, k, rank, weights, padding_idx, tied, metric=None) -> dict:
@@ -48,6 +104,8 @@ def _embedding_record(A, layer, method, k, rank, weights, padding_idx, tied, met
                   "compression": compression(n, d, k, rank),
                   "num_embeddings": n, "embedding_dim": d, "padding_idx": padding_idx,
                   "embedding_params_before": n * d, "embedding_params_after": parameter_count(n, d, k, rank),
+                  "embedding_bytes_before": A.numel() * A.element_size(),
+                  "embedding_bytes_after": layer.storage_bytes(),
                   "label_bytes": getattr(layer, "label_bytes", 0), "rel_error": relative_error(A, approx),
                   "tied_output": tied}
         if weights is not None:

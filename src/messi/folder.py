@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import numbers
 from pathlib import Path
 
 from .config import METHODS, ORIENTATIONS, TARGETS
 from .errors import MessiError
+from .quantize import packed_width
 
 CONFIG_NAME = "messi.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -63,6 +65,13 @@ def _validate_embedding(info: dict, file: Path) -> None:
     pad = info.get("padding_idx")
     if pad is not None:
         _int(info, "padding_idx", 0, n - 1, file)
+    bits = info.get("bits")
+    if bits is not None and bits not in (8, 4):
+        raise MessiError(f"{file}: bits must be 8, 4 or absent, got {bits!r}; the folder is damaged, re-run `messi compress`")
+    if info.get("group_size") is not None:
+        if bits is None:
+            raise MessiError(f"{file}: group_size is given without bits; the folder is damaged, re-run `messi compress`")
+        _int(info, "group_size", 1, 1 << 20, file)
     if not isinstance(info.get("tied_output", False), bool):
         raise MessiError(f"{file}: tied_output must be true or false, got {info.get('tied_output')!r}")
     for key in ("compression", "rel_error", "weighted_rel_error"):
@@ -195,7 +204,12 @@ def _expected_shapes(info: dict) -> dict[str, list[int]]:
     emb = embedding_info(info)
     if emb is not None:
         n, d, j, k = emb["num_embeddings"], emb["embedding_dim"], emb["rank"], emb["k"]
-        expected["coords"] = [n, j]
+        bits, group = emb.get("bits"), emb.get("group_size")
+        if bits is None:
+            expected["coords"] = [n, j]
+        else:  # integer coordinates and their fp16 scales (quantize.py)
+            expected["coords_q"] = [n, packed_width(j, bits, group)]
+            expected["coords_scale"] = [n, math.ceil(j / min(group or j, j))]
         expected.update({"basis": [j, d]} if emb["method"] == "svd" else {"bases": [k, j, d], "labels": [n]})
     for e in info.get("linear_layers", []):
         name, inp, out, j = e["name"], e["in_features"], e["out_features"], e["rank"]

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import quantize
 from .factorize import Factors
 
 
@@ -39,6 +40,52 @@ class _LowRankEmbedding(nn.Module):
         self.coords = nn.Parameter(torch.zeros(num_embeddings, rank))
         if padding_idx is not None:
             self.register_buffer("padding_vector", torch.zeros(embedding_dim))
+        self.bits: int | None = None
+        self.group_size: int | None = None
+
+    def quantize_(self, bits: int, group_size: int | None = None) -> "_LowRankEmbedding":
+        """Store the coordinates as ``bits``-bit integers with fp16 scales (``quantize.py``), in
+        place: the ``coords`` parameter becomes the buffers ``coords_q`` (n, packed) and
+        ``coords_scale`` (n, groups), and the bases are kept in float16. Lookups gather the
+        quantized rows and scale them; nothing rebuilds an fp32 copy of the table."""
+        quantize.check_bits(bits, group_size)
+        if self.bits is not None:
+            raise ValueError("this layer's coordinates are already quantized")
+        dtype = self.coords.dtype
+        q, scale = quantize.quantize_rows(self.coords.detach(), bits, group_size)
+        del self.coords
+        self.register_buffer("coords_q", q.to(self.device))
+        self.register_buffer("coords_scale", scale.to(self.device))
+        # the model's float dtype, which follows .to(dtype) (not saved): outputs are computed in it
+        self.register_buffer("compute_anchor", torch.zeros(0, dtype=dtype, device=self.device), persistent=False)
+        self.bits, self.group_size = bits, group_size
+        for name in self._basis_names:
+            param = getattr(self, name)
+            setattr(self, name, nn.Parameter(param.detach().to(torch.float16), requires_grad=param.requires_grad))
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(t for t in (*self.parameters(), *self.buffers())).device
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.compute_anchor.dtype if self.bits is not None else self.coords.dtype
+
+    def _coords(self, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Coordinates (m, j) of the rows ``ids`` (all rows if None), dequantized if stored so."""
+        if self.bits is None:
+            return self.coords if ids is None else F.embedding(ids, self.coords)
+        q = self.coords_q if ids is None else self.coords_q[ids]
+        scale = self.coords_scale if ids is None else self.coords_scale[ids]
+        return quantize.dequantize(q, scale, self.bits, self.rank, self.group_size).to(self.compute_dtype)
+
+    def _basis(self, name: str) -> torch.Tensor:
+        return getattr(self, name).to(self.compute_dtype)
+
+    def storage_bytes(self) -> int:
+        """Bytes of everything the layer stores (parameters and saved buffers)."""
+        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
 
     def _lookup(self, ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -66,15 +113,17 @@ class _LowRankEmbedding(nn.Module):
     @property
     def weight(self) -> torch.Tensor:
         """The full table (n, d), rebuilt on each access (differentiable)."""
-        return self.forward(torch.arange(self.num_embeddings, device=self.coords.device))
+        return self.forward(torch.arange(self.num_embeddings, device=self.device))
 
     def num_factor_parameters(self) -> int:
-        """Trainable numbers stored: coordinates plus bases."""
-        return sum(p.numel() for p in self.parameters())
+        """Numbers stored: coordinates plus bases (quantized coordinates count as numbers)."""
+        coords = self.coords.numel() if self.bits is None else self.num_embeddings * self.rank
+        return coords + sum(getattr(self, name).numel() for name in self._basis_names)
 
     def extra_repr(self) -> str:
+        bits = "" if self.bits is None else f", bits={self.bits}, group_size={self.group_size}"
         return (f"{self.num_embeddings}, {self.embedding_dim}, rank={self.rank}, "
-                f"padding_idx={self.padding_idx}")
+                f"padding_idx={self.padding_idx}{bits}")
 
 
 class FactorizedEmbedding(_LowRankEmbedding):
@@ -87,6 +136,8 @@ class FactorizedEmbedding(_LowRankEmbedding):
                  padding_idx: int | None = None):
         super().__init__(num_embeddings, embedding_dim, rank, padding_idx)
         self.basis = nn.Parameter(torch.zeros(rank, embedding_dim))
+
+    _basis_names = ("basis",)
 
     @classmethod
     def from_factors(cls, factors: Factors, padding_idx: int | None = None,
@@ -102,10 +153,10 @@ class FactorizedEmbedding(_LowRankEmbedding):
         return layer
 
     def _lookup(self, ids):
-        return F.embedding(ids, self.coords) @ self.basis
+        return self._coords(ids) @ self._basis("basis")
 
     def _attend(self, hidden):
-        return (hidden @ self.basis.T) @ self.coords.T
+        return (hidden @ self._basis("basis").T) @ self._coords().T
 
 
 class ProjectiveEmbedding(_LowRankEmbedding):
@@ -123,6 +174,8 @@ class ProjectiveEmbedding(_LowRankEmbedding):
         self.n_clusters = n_clusters
         self.bases = nn.Parameter(torch.zeros(n_clusters, rank, embedding_dim))
         self.register_buffer("labels", torch.zeros(num_embeddings, dtype=_label_dtype(n_clusters)))
+
+    _basis_names = ("bases",)
 
     @classmethod
     def from_factors(cls, factors: Factors, padding_idx: int | None = None,
@@ -150,23 +203,24 @@ class ProjectiveEmbedding(_LowRankEmbedding):
         return order, counts
 
     def _lookup(self, ids):
-        u = F.embedding(ids, self.coords)  # (N, j)
+        u = self._coords(ids)  # (N, j)
+        bases = self._basis("bases")
         if self.n_clusters == 1:
-            return u @ self.bases[0]
+            return u @ bases[0]
         order, counts = self._by_cluster(self.labels[ids].long())
         pieces = torch.split(u[order], counts)
-        out_sorted = torch.cat([p @ self.bases[i] for i, p in enumerate(pieces)])
+        out_sorted = torch.cat([p @ bases[i] for i, p in enumerate(pieces)])
         return torch.empty_like(out_sorted).index_copy(0, order, out_sorted)
 
     def _attend(self, hidden):
         order, counts = self._by_cluster(self.labels.long())
         j = self.rank
-        projected = hidden @ self.bases.reshape(-1, self.embedding_dim).T  # (M, k*j): one product
+        projected = hidden @ self._basis("bases").reshape(-1, self.embedding_dim).T  # (M, k*j): one product
         scores = hidden.new_empty(hidden.shape[0], self.num_embeddings)
         # (M, j) @ (j, m_i) per cluster, written straight into the columns of its tokens: no copy
         # of the (n, j) coordinates in cluster order and no concatenation of the pieces
         for i, members in enumerate(torch.split(order, counts)):
-            scores[:, members] = projected[:, i * j:(i + 1) * j] @ self.coords[members].T
+            scores[:, members] = projected[:, i * j:(i + 1) * j] @ self._coords(members).T
         return scores
 
 

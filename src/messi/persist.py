@@ -104,11 +104,13 @@ def _model_class(name: str):
 
 def empty_layer(info: dict) -> _LowRankEmbedding:
     """The factored embedding that messi.json's ``info`` (or its embedding entry) describes,
-    its weights still zero (to be filled by loading or by receiving them from another process)."""
+    its weights still zero (to be filled by loading or by receiving them from another process);
+    with quantized storage when ``info`` has bits."""
     n, d, j, pad = info["num_embeddings"], info["embedding_dim"], info["rank"], info.get("padding_idx")
-    if info["method"] == "svd":
-        return FactorizedEmbedding(n, d, j, pad)
-    return ProjectiveEmbedding(n, d, j, info["k"], pad)
+    layer = FactorizedEmbedding(n, d, j, pad) if info["method"] == "svd" else ProjectiveEmbedding(n, d, j, info["k"], pad)
+    if info.get("bits") is not None:
+        layer.quantize_(info["bits"], info.get("group_size"))
+    return layer
 
 
 def _install_structure(model: nn.Module, info: dict) -> None:
@@ -176,6 +178,9 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None) -> n
         reason = " ".join(str(e).split())[:300]
         raise MessiError(f"{weights} is corrupt or does not match messi.json ({reason}); "
                          "re-run `messi compress`") from e
+    for module in model.modules():  # buffers not in the file (built on the meta device) made real
+        if isinstance(module, _LowRankEmbedding) and module.bits is not None and module.compute_anchor.is_meta:
+            module.compute_anchor = torch.zeros(0, dtype=module.compute_anchor.dtype, device=module.coords_q.device)
     model.messi_config = info
     model.compression_config = CompressionConfig.from_info(info)
     model.eval()

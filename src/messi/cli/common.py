@@ -67,12 +67,18 @@ def info_table(info: dict, title: str) -> Table:
         ("model params before / after", f"{_fmt(info.get('model_params_before'), ',')} / "
                                         f"{_fmt(info.get('model_params_after'), ',')}"),
         ("model compression", _fmt(info.get("model_compression"), ".4f")),
+        ("model bytes before / after", f"{_fmt(info.get('model_bytes_before'), ',')} / "
+                                       f"{_fmt(info.get('model_bytes_after'), ',')}"),
     ]
     if emb:
         rows += [
             ("embedding method / k / rank j", f"{emb.get('method')} / {emb.get('k')} / {emb.get('rank')}"),
             ("embedding params before", _fmt(emb.get("embedding_params_before"), ",")),
             ("embedding params after", _fmt(emb.get("embedding_params_after"), ",")),
+            ("embedding bytes before / after", f"{_fmt(emb.get('embedding_bytes_before'), ',')} / "
+                                               f"{_fmt(emb.get('embedding_bytes_after'), ',')}"),
+            ("embedding storage", "float" if emb.get("bits") is None else
+             f"{emb['bits']}-bit coordinates (groups of {emb.get('group_size') or 'a row'}), fp16 bases"),
             ("cluster-id bytes (buffer)", _fmt(emb.get("label_bytes", 0), ",")),
             ("rel_error |A-A'|^2/|A|^2", _fmt(emb.get("rel_error"), ".5f")),
         ]

@@ -42,6 +42,13 @@ def compress(
     allocation: str = typer.Option("global", "--allocation", help="linear/all: global (per-layer ranks by measured "
                                    "damage per parameter), uniform (same ratio per layer) or shared-rank (the MESSI "
                                    "lab code's one relative rank)."),
+    bits: Optional[int] = typer.Option(None, "--bits", help="Store the embedding's coordinates as 8- or 4-bit "
+                                       "integers with fp16 scales (bases fp16); its bytes fall with its rank."),
+    group_size: Optional[int] = typer.Option(None, "--group-size", help="Coordinates per scale with --bits (default: "
+                                             "one per row at 8 bits, 32 at 4 bits)."),
+    size: Optional[float] = typer.Option(None, "--size", help="Instead of --ratio: the embedding's bytes as a fraction "
+                                         "of the original table's (e.g. 0.03); the rank and bits (8 or 4, unless "
+                                         "--bits) with the lowest fit error within it are chosen."),
     rank: Optional[int] = typer.Option(None, "--rank", help="Subspace dimension j; default: the largest reaching --ratio."),
     seed: int = typer.Option(0, "--seed", help="Seed of the clustering."),
     n_init: int = typer.Option(4, "--n-init", help="Clustering restarts; the lowest cost wins."),
@@ -70,8 +77,10 @@ def compress(
     of SST-2, CoLA, MRPC and RTE when the GLUE folder is found) also gives each Linear layer's
     input statistics (fits minimise its output error) and each layer's measured sensitivity
     (the global allocation)."""
+    checks.integer("--n-init", n_init, 1, 1000)  # the command line's sanity caps; the library has none
+    checks.integer("--max-iter", max_iter, 1, 100_000)
     config = _config_from_flags(
-        method=method, ratio=ratio, k=k, rank=rank, target=target, allocation=allocation, seed=seed, n_init=n_init,
+        method=method, ratio=ratio, size=size, bits=bits, group_size=group_size, k=k, rank=rank, target=target, allocation=allocation, seed=seed, n_init=n_init,
         max_iter=max_iter, loss=loss, init_size=checks.integer("--init-size", init_size, 0) or None)
     check_writable_target(out_dir, replace=overwrite, is_ours=is_messi_folder)
     if target != "embedding" and not calibration and _glue_found(data_dir):
@@ -119,7 +128,7 @@ def default_output_texts(net) -> int:
 
 
 #: CompressionConfig's fields as the flags that set them (its errors name the flag).
-_FLAGS = {"method", "ratio", "k", "rank", "target", "allocation", "seed", "n_init", "max_iter", "loss", "init_size"}
+_FLAGS = {"method", "ratio", "size", "bits", "group_size", "k", "rank", "target", "allocation", "seed", "n_init", "max_iter", "loss", "init_size"}
 
 
 def _config_from_flags(**flags) -> CompressionConfig:
