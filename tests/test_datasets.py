@@ -89,3 +89,13 @@ HAND = {
 def test_columns_and_label_ids_match_rows_read_by_hand(task):
     rows = read_split(task, "dev")[:2]
     assert [(r.text_a, r.text_b, r.label) for r in rows] == HAND[task]
+
+
+def test_the_default_glue_folder_is_found_beside_the_repository_from_any_folder(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from messi.datasets import ENV_VAR, find_data_dir
+
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.chdir(tmp_path)  # not the repository: the package's own location must lead there
+    assert find_data_dir() == Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"

@@ -76,7 +76,7 @@ def find_data_dir(option: str | os.PathLike | None = None) -> Path:
     elif os.environ.get(ENV_VAR):
         candidates = [Path(os.environ[ENV_VAR])]
     else:
-        repo = Path(__file__).resolve().parents[3]
+        repo = Path(__file__).resolve().parents[2]
         candidates = [repo.parent / "shared" / "data" / "glue", Path.cwd().parent / "shared" / "data" / "glue"]
     for c in candidates:
         if c.is_dir():
