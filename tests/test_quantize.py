@@ -149,3 +149,26 @@ def test_cli_bits_and_size_on_the_built_in_model(tmp_path):
         with torch.no_grad():
             assert torch.equal(auto(**batch).last_hidden_state, model(**batch).last_hidden_state)
         assert st.encode(["a quantized sentence"]).shape == (1, 384)
+
+
+@pytest.mark.parametrize("allocation", ["uniform", "global"])
+@pytest.mark.parametrize("bits", [8, 4])
+def test_whole_model_with_quantized_factors_reloads_exactly(tmp_path, allocation, bits):
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=32)
+    model = transformers.BertForSequenceClassification(cfg).eval()
+    messi.compress(model, method="messi", k=2, ratio=0.5, target="all", allocation=allocation, bits=bits,
+                   n_init=1, max_iter=5)
+    info = model.messi_config
+    factored = [e for e in info["linear_layers"] if e["method"] != "dense"]
+    assert factored and all(e["bits"] == bits and e["bytes_after"] < e["bytes_before"] for e in factored)
+    assert info["dtype"] == "float32"  # the fp16 bases do not decide the model's precision
+    assert info["model_bytes_after"] < info["model_bytes_before"]
+    messi.save(model, tmp_path / "o")
+    again = messi.load(tmp_path / "o")
+    ids = torch.tensor([[1, 2, 3, 4, 0]])
+    with torch.no_grad():
+        assert torch.equal(again(input_ids=ids).logits, model(input_ids=ids).logits)
+    layer = again.get_submodule(factored[0]["name"])
+    assert getattr(layer, f"{layer._coord_name}_q").dtype in (torch.int8, torch.uint8)

@@ -22,6 +22,7 @@ from .config import CompressionConfig
 from .errors import MessiError
 from .factorize import check_rank, rank_for_ratio
 from .fit import fit_embedding, fit_embedding_to_size
+from .layers import CoordinateStorage
 from .layerwise import compress_layers
 from .targets import input_embedding
 from .version import __version__
@@ -70,7 +71,8 @@ def compress(model: nn.Module, config: CompressionConfig | None = None, calibrat
                 **fit_embedding(model, emb, method, k, rank, weights, settings, metric, config.bits, config.group_size)}
     else:
         info = compress_layers(model, target, method, config.ratio, k, config.allocation, calibration.activations,
-                               calibration.inputs, emb, weights, settings, config.activation_aware, metric)
+                               calibration.inputs, emb, weights, settings, config.activation_aware, metric,
+                               (config.bits, config.group_size))
     info.update({
         "seed": config.seed, "n_init": config.n_init, "max_iter": config.max_iter, "tol": config.tol,
         "init_size": config.init_size,
@@ -142,8 +144,11 @@ def _count_bytes(model: nn.Module) -> int:
 def _model_dtype(model: nn.Module) -> torch.dtype:
     """The floating dtype most of the model's parameters have (what ``load`` restores)."""
     sizes: dict[torch.dtype, int] = {}
+    # quantized layers keep fp16 bases whatever the model computes in: they do not count
+    skip = {id(p) for m in model.modules() if isinstance(m, CoordinateStorage) and m.bits is not None
+            for p in m.parameters()}
     for p in model.parameters():
-        if p.is_floating_point():
+        if p.is_floating_point() and id(p) not in skip:
             sizes[p.dtype] = sizes.get(p.dtype, 0) + p.numel()
     return max(sizes, key=sizes.get) if sizes else torch.float32
 

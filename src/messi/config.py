@@ -79,7 +79,7 @@ class CompressionConfig:
     target : "embedding", "linear" (every Linear of the model's numbered blocks) or "all".
     allocation : how "linear"/"all" spend the budget: "global", "uniform" or "shared-rank".
     bits : None (float factors) or 8 / 4: coordinates stored as integers with fp16 scales, bases
-        in float16 (target "embedding").
+        in float16 (every factored layer of the target; layers kept dense stay as they are).
     group_size : coordinates per scale; None: one scale per row for 8 bits, groups of
         ``DEFAULT_GROUP_4BIT`` for 4 bits.
     seed, n_init, max_iter, tol, loss, init_size : the projective clustering's settings
@@ -118,9 +118,6 @@ class CompressionConfig:
             object.__setattr__(self, "group_size", DEFAULT_GROUP_4BIT)
         if self.group_size is not None:
             checks.integer("group_size", self.group_size, 1)
-        if self.bits is not None and self.target != "embedding":
-            raise MessiError("bits: quantized factors are built for target embedding only so far; "
-                             "use --target embedding, or leave out --bits")
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, numbers.Real) or not 0.0 < float(self.ratio) < 1.0:
             raise MessiError(f"ratio must be strictly between 0 and 1 (e.g. 0.4 for -40%), got {self.ratio!r}")
         object.__setattr__(self, "ratio", float(self.ratio))

@@ -78,18 +78,20 @@ def install_embedding_factors(model, emb, factors, method, k, rank, weights, met
     return {**_embedding_record(A, layer, method, k, rank, weights, emb.padding_idx, tied, metric), **storage}
 
 
-def _quantize_layer(layer, A, labels, bits, group_size, weights, metric) -> dict:
+def _quantize_layer(layer, A, labels, bits, group_size, weights, metric, error_of=None) -> dict:
     """Quantize ``layer``'s coordinates, then refit its bases against them (least squares per
-    cluster, ``quantize.refit_bases``) if that lowers the error the fit minimised; both kept in
-    the layer's storage (fp16 bases). Returns the messi.json fields of the storage."""
+    cluster, ``quantize.refit_bases``; ``A`` the matrix in the factors' orientation) if that
+    lowers the error the fit minimised (``error_of()``; default the table's weighted / output
+    error); both kept in the layer's storage (fp16 bases). Returns the storage's messi.json fields."""
     layer.quantize_(bits, group_size)
     name = layer._basis_names[0]
+    error_of = error_of or (lambda: relative_error(A, layer.weight, weights, metric))
     with torch.no_grad():
-        before = relative_error(A, layer.weight, weights, metric)
+        before = error_of()
         kept = getattr(layer, name).detach().clone()
         refit = refit_bases(A, layer._coords(), labels, labels.max().item() + 1 if labels.numel() else 1, weights)
         getattr(layer, name).copy_(refit.reshape(kept.shape).to(kept.dtype))
-        after = relative_error(A, layer.weight, weights, metric)
+        after = error_of()
         if not after < before:
             getattr(layer, name).copy_(kept)
     return {"bits": bits, "group_size": group_size, "bases_refit": bool(after < before),
@@ -160,20 +162,25 @@ def _best_fit(M, rank, method, k, search, orientations, moments, weights, settin
     return best
 
 
-def _fit_embedding_target(model, emb, rank, method, k, search, weights, settings, metric=None) -> dict:
+def _fit_embedding_target(model, emb, rank, method, k, search, weights, settings, metric=None,
+                          storage=(None, None)) -> dict:
     factors, kk, j, _, _ = _best_fit(emb.weight.detach().float(), rank, method, k, search, ("rows",), metric,
                                      weights, settings)
-    return install_embedding_factors(model, emb, factors, "svd" if kk == 1 else "messi", kk, j, weights, metric)
+    return install_embedding_factors(model, emb, factors, "svd" if kk == 1 else "messi", kk, j, weights, metric,
+                                     *storage)
 
 
-def _fit_linear_target(model, name, lin, rank, method, k, search, moments, settings) -> dict:
+def _fit_linear_target(model, name, lin, rank, method, k, search, moments, settings, storage=(None, None)) -> dict:
+    """Fit one Linear layer at the size of its rank-``rank`` SVD and swap the factored layer in,
+    its coordinates stored as ``storage`` = (bits, group_size) says; its messi.json entry."""
     W = lin.weight.detach()
     out, inp = W.shape
+    dense_bytes = sum(p.numel() * p.element_size() for p in lin.parameters())
     entry = {"name": name, "in_features": inp, "out_features": out, "bias": lin.bias is not None,
-             "params_before": out * inp}
+             "params_before": out * inp, "bytes_before": dense_bytes}
     if rank is None:  # the allocator kept it dense
         return {**entry, "method": "dense", "k": 0, "rank": 0, "orientation": "rows",
-                "params_after": out * inp, "rel_error": 0.0}
+                "params_after": out * inp, "rel_error": 0.0, "bytes_after": dense_bytes}
     # k bases of the longer side cost k times more: only the orientation that puts the longer
     # side on the coordinates is tried (both for square matrices)
     orientations = tuple(o for o in ORIENTATIONS if (out >= inp if o == "rows" else inp >= out))
@@ -182,9 +189,16 @@ def _fit_linear_target(model, name, lin, rank, method, k, search, moments, setti
     bias = None if lin.bias is None else lin.bias.detach()
     layer = (FactorizedLinear.from_factors(factors, bias) if kk == 1 else
              ProjectiveLinear.from_factors(factors, orientation, bias))
-    install_linear(model, name, layer.to(device=W.device, dtype=W.dtype))
+    layer = layer.to(device=W.device, dtype=W.dtype)
+    stored = {}
+    if storage[0] is not None:
+        stored = _quantize_layer(layer, W.T if orientation == "columns" else W, factors.labels, *storage, None, None,
+                                 error_of=lambda: relative_error(W, layer.weight, None, moments))
+        err = relative_error(W, layer.weight.detach(), None, moments)
+    install_linear(model, name, layer)
     return {**entry, "method": "svd" if kk == 1 else "messi", "k": kk, "rank": j, "orientation": orientation,
-            "params_after": messi_params(out, inp, kk, j, orientation), "rel_error": err}
+            "params_after": messi_params(out, inp, kk, j, orientation), "rel_error": err,
+            "bytes_after": layer.storage_bytes(), **stored}
 
 
 def _padding_row(A: torch.Tensor, padding_idx: int | None):

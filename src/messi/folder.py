@@ -65,17 +65,22 @@ def _validate_embedding(info: dict, file: Path) -> None:
     pad = info.get("padding_idx")
     if pad is not None:
         _int(info, "padding_idx", 0, n - 1, file)
+    _validate_storage(info, file)
+    if not isinstance(info.get("tied_output", False), bool):
+        raise MessiError(f"{file}: tied_output must be true or false, got {info.get('tied_output')!r}")
+    for key in ("compression", "rel_error", "weighted_rel_error"):
+        _number(info, key, file)
+
+
+def _validate_storage(info: dict, file: Path) -> None:
+    """bits / group_size of a factored layer's coordinates (absent: floats)."""
     bits = info.get("bits")
-    if bits is not None and bits not in (8, 4):
+    if bits is not None and (isinstance(bits, bool) or bits not in (8, 4)):
         raise MessiError(f"{file}: bits must be 8, 4 or absent, got {bits!r}; the folder is damaged, re-run `messi compress`")
     if info.get("group_size") is not None:
         if bits is None:
             raise MessiError(f"{file}: group_size is given without bits; the folder is damaged, re-run `messi compress`")
         _int(info, "group_size", 1, 1 << 20, file)
-    if not isinstance(info.get("tied_output", False), bool):
-        raise MessiError(f"{file}: tied_output must be true or false, got {info.get('tied_output')!r}")
-    for key in ("compression", "rel_error", "weighted_rel_error"):
-        _number(info, key, file)
 
 
 def _validate_linear(entry, file: Path) -> str:
@@ -100,6 +105,7 @@ def _validate_linear(entry, file: Path) -> str:
             raise MessiError(f"{file}: {name}: method svd has k = 1, got k = {k}")
         if entry.get("orientation") not in ORIENTATIONS:
             raise MessiError(f"{file}: {name}: orientation must be rows or columns, got {entry.get('orientation')!r}")
+        _validate_storage(entry, file)
     _number(entry, "rel_error", file)
     return name
 
@@ -198,24 +204,28 @@ def check_weights(info: dict, path: Path, verify_checksum: bool = True) -> None:
                              f"says {shape}; the folder is damaged, re-run `messi compress`")
 
 
+def _coordinate_shapes(name: str, m: int, j: int, entry: dict) -> dict[str, list[int]]:
+    """The stored coordinates (m, j): floats, or integers and their fp16 scales (quantize.py)."""
+    bits, group = entry.get("bits"), entry.get("group_size")
+    if bits is None:
+        return {name: [m, j]}
+    return {f"{name}_q": [m, packed_width(j, bits, group)], f"{name}_scale": [m, math.ceil(j / min(group or j, j))]}
+
+
 def _expected_shapes(info: dict) -> dict[str, list[int]]:
     """Factored tensor -> shape: the embedding's by last name, Linear layers' by full name."""
     expected = {}
     emb = embedding_info(info)
     if emb is not None:
         n, d, j, k = emb["num_embeddings"], emb["embedding_dim"], emb["rank"], emb["k"]
-        bits, group = emb.get("bits"), emb.get("group_size")
-        if bits is None:
-            expected["coords"] = [n, j]
-        else:  # integer coordinates and their fp16 scales (quantize.py)
-            expected["coords_q"] = [n, packed_width(j, bits, group)]
-            expected["coords_scale"] = [n, math.ceil(j / min(group or j, j))]
+        expected.update(_coordinate_shapes("coords", n, j, emb))
         expected.update({"basis": [j, d]} if emb["method"] == "svd" else {"bases": [k, j, d], "labels": [n]})
     for e in info.get("linear_layers", []):
         name, inp, out, j = e["name"], e["in_features"], e["out_features"], e["rank"]
         if e["method"] == "svd":
-            expected.update({f"{name}.down": [j, inp], f"{name}.up": [out, j]})
+            expected.update({f"{name}.down": [j, inp], **_coordinate_shapes(f"{name}.up", out, j, e)})
         elif e["method"] == "messi":
             m, p = (out, inp) if e["orientation"] == "rows" else (inp, out)
-            expected.update({f"{name}.coords": [m, j], f"{name}.bases": [e["k"], j, p], f"{name}.labels": [m]})
+            expected.update({**_coordinate_shapes(f"{name}.coords", m, j, e), f"{name}.bases": [e["k"], j, p],
+                             f"{name}.labels": [m]})
     return expected

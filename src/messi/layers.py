@@ -26,7 +26,72 @@ def _label_dtype(k: int) -> torch.dtype:
     return torch.uint8 if k <= 256 else torch.int16 if k <= 32768 else torch.int32
 
 
-class _LowRankEmbedding(nn.Module):
+class CoordinateStorage(nn.Module):
+    """Where a factored layer keeps its per-row coordinates (``_coord_name``: an (m, j) float
+    parameter) and its bases (``_basis_names``), and how ``quantize_`` turns the coordinates into
+    integers with fp16 scales. Shared by the factored embeddings and Linear layers."""
+
+    _coord_name = "coords"
+    _basis_names: tuple[str, ...] = ()
+    bits: int | None = None
+    group_size: int | None = None
+
+    def quantize_(self, bits: int, group_size: int | None = None) -> "CoordinateStorage":
+        """Store the coordinates as ``bits``-bit integers with fp16 scales (``quantize.py``), in
+        place: the coordinate parameter ``c`` becomes the buffers ``c_q`` (m, packed) and
+        ``c_scale`` (m, groups), and the bases are kept in float16. A forward pass gathers the
+        quantized rows it needs and scales them; nothing rebuilds an fp32 copy of the table."""
+        quantize.check_bits(bits, group_size)
+        if self.bits is not None:
+            raise ValueError("this layer's coordinates are already quantized")
+        name = self._coord_name
+        coords = getattr(self, name)
+        q, scale = quantize.quantize_rows(coords.detach(), bits, group_size)
+        delattr(self, name)
+        self.register_buffer(f"{name}_q", q.to(coords.device))
+        self.register_buffer(f"{name}_scale", scale.to(coords.device))
+        # the model's float dtype, which follows .to(dtype) (not saved): outputs are computed in it
+        self.register_buffer("compute_anchor", torch.zeros(0, dtype=coords.dtype, device=coords.device),
+                             persistent=False)
+        self.bits, self.group_size = bits, group_size
+        for basis in self._basis_names:
+            param = getattr(self, basis)
+            setattr(self, basis, nn.Parameter(param.detach().to(torch.float16), requires_grad=param.requires_grad))
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(t for t in (*self.parameters(), *self.buffers())).device
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.compute_anchor.dtype if self.bits is not None else getattr(self, self._coord_name).dtype
+
+    def _coords(self, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Coordinates (m, j) of the rows ``ids`` (all rows if None), dequantized if stored so."""
+        if self.bits is None:
+            coords = getattr(self, self._coord_name)
+            return coords if ids is None else F.embedding(ids, coords)
+        q, scale = getattr(self, f"{self._coord_name}_q"), getattr(self, f"{self._coord_name}_scale")
+        if ids is not None:
+            q, scale = q[ids], scale[ids]
+        return quantize.dequantize(q, scale, self.bits, self.rank, self.group_size).to(self.compute_dtype)
+
+    def _basis(self, name: str) -> torch.Tensor:
+        return getattr(self, name).to(self.compute_dtype)
+
+    def materialize_anchor(self) -> None:
+        """Build ``compute_anchor`` for real if it was made on the meta device (loading)."""
+        if self.bits is not None and self.compute_anchor.is_meta:
+            self.compute_anchor = torch.zeros(0, dtype=self.compute_anchor.dtype,
+                                              device=getattr(self, f"{self._coord_name}_q").device)
+
+    def storage_bytes(self) -> int:
+        """Bytes of everything the layer stores (parameters and saved buffers)."""
+        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
+
+
+class _LowRankEmbedding(CoordinateStorage):
     """Shared plumbing: padding row, flattening, ``weight``; subclasses define ``_lookup``."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, rank: int, padding_idx: int | None):
@@ -40,52 +105,6 @@ class _LowRankEmbedding(nn.Module):
         self.coords = nn.Parameter(torch.zeros(num_embeddings, rank))
         if padding_idx is not None:
             self.register_buffer("padding_vector", torch.zeros(embedding_dim))
-        self.bits: int | None = None
-        self.group_size: int | None = None
-
-    def quantize_(self, bits: int, group_size: int | None = None) -> "_LowRankEmbedding":
-        """Store the coordinates as ``bits``-bit integers with fp16 scales (``quantize.py``), in
-        place: the ``coords`` parameter becomes the buffers ``coords_q`` (n, packed) and
-        ``coords_scale`` (n, groups), and the bases are kept in float16. Lookups gather the
-        quantized rows and scale them; nothing rebuilds an fp32 copy of the table."""
-        quantize.check_bits(bits, group_size)
-        if self.bits is not None:
-            raise ValueError("this layer's coordinates are already quantized")
-        dtype = self.coords.dtype
-        q, scale = quantize.quantize_rows(self.coords.detach(), bits, group_size)
-        del self.coords
-        self.register_buffer("coords_q", q.to(self.device))
-        self.register_buffer("coords_scale", scale.to(self.device))
-        # the model's float dtype, which follows .to(dtype) (not saved): outputs are computed in it
-        self.register_buffer("compute_anchor", torch.zeros(0, dtype=dtype, device=self.device), persistent=False)
-        self.bits, self.group_size = bits, group_size
-        for name in self._basis_names:
-            param = getattr(self, name)
-            setattr(self, name, nn.Parameter(param.detach().to(torch.float16), requires_grad=param.requires_grad))
-        return self
-
-    @property
-    def device(self) -> torch.device:
-        return next(t for t in (*self.parameters(), *self.buffers())).device
-
-    @property
-    def compute_dtype(self) -> torch.dtype:
-        return self.compute_anchor.dtype if self.bits is not None else self.coords.dtype
-
-    def _coords(self, ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Coordinates (m, j) of the rows ``ids`` (all rows if None), dequantized if stored so."""
-        if self.bits is None:
-            return self.coords if ids is None else F.embedding(ids, self.coords)
-        q = self.coords_q if ids is None else self.coords_q[ids]
-        scale = self.coords_scale if ids is None else self.coords_scale[ids]
-        return quantize.dequantize(q, scale, self.bits, self.rank, self.group_size).to(self.compute_dtype)
-
-    def _basis(self, name: str) -> torch.Tensor:
-        return getattr(self, name).to(self.compute_dtype)
-
-    def storage_bytes(self) -> int:
-        """Bytes of everything the layer stores (parameters and saved buffers)."""
-        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
 
     def _lookup(self, ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -18,7 +18,7 @@ from .targets import EMBEDDING, linear_targets
 
 
 def compress_layers(model, target, method, ratio, k, allocation, activations, inputs, emb, weights,
-                     settings, activation_aware=True, metric=None) -> dict:
+                     settings, activation_aware=True, metric=None, storage=(None, None)) -> dict:
     """Target "linear" / "all": allocate the budget, fit every matrix, install the layers;
     returns messi.json's fields."""
     linears = linear_targets(model)
@@ -53,13 +53,13 @@ def compress_layers(model, target, method, ratio, k, allocation, activations, in
         if m.name == EMBEDDING:
             if ranks[m.name] is not None:
                 info["embedding"] = _fit_embedding_target(model, emb, ranks[m.name], method, k, search, weights,
-                                                          settings, metric)
+                                                          settings, metric, storage)
             continue
         if inputs is not None and moments[m.name] is not None and ranks[m.name] is not None and m.name not in current:
             current.update(_moments_now(model, inputs, m.name, moments, fitted))
         fitted.add(m.name)
         entries.append(_fit_linear_target(model, m.name, linears[m.name], ranks[m.name], method, k, search,
-                                          current.get(m.name, moments[m.name]), settings))
+                                          current.get(m.name, moments[m.name]), settings, storage))
     targeted_before = sum(m.dense_params for m in matrices)
     targeted_after = sum(e["params_after"] for e in entries) + (
         info["embedding"]["embedding_params_after"] if "embedding" in info else

@@ -27,10 +27,10 @@ from torch import nn
 from .config import ORIENTATIONS
 from .errors import MessiError
 from .factorize import Factors
-from .layers import _label_dtype
+from .layers import CoordinateStorage, _label_dtype
 
 
-class _FactoredLinear(nn.Module):
+class _FactoredLinear(CoordinateStorage):
     """Shared plumbing: sizes, bias, repr, parameter count."""
 
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool):
@@ -41,8 +41,9 @@ class _FactoredLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     def num_factor_parameters(self) -> int:
-        """Numbers stored in the factors (the bias not included)."""
-        return sum(p.numel() for name, p in self.named_parameters() if name != "bias")
+        """Numbers stored in the factors (the bias not included; quantized coordinates count as numbers)."""
+        coords = 0 if self.bits is None else getattr(self, f"{self._coord_name}_scale").shape[0] * self.rank
+        return coords + sum(p.numel() for name, p in self.named_parameters() if name != "bias")
 
     def _copy_bias(self, bias: torch.Tensor | None) -> None:
         if self.bias is not None and bias is not None:
@@ -61,6 +62,8 @@ class FactorizedLinear(_FactoredLinear):
         self.down = nn.Parameter(torch.zeros(rank, in_features))
         self.up = nn.Parameter(torch.zeros(out_features, rank))
 
+    _coord_name, _basis_names = "up", ("down",)
+
     @classmethod
     def from_factors(cls, factors: Factors, bias: torch.Tensor | None = None) -> "FactorizedLinear":
         """Layer holding the factors of W (out, in): coords (out, j) become ``up``, the one basis
@@ -75,12 +78,12 @@ class FactorizedLinear(_FactoredLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in_features) -> (..., out_features)."""
-        return F.linear(F.linear(x, self.down), self.up, self.bias)
+        return F.linear(F.linear(x, self._basis("down")), self._coords(), self.bias)
 
     @property
     def weight(self) -> torch.Tensor:
         """W (out_features, in_features), rebuilt."""
-        return self.up @ self.down
+        return self._coords() @ self._basis("down")
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, bias={self.bias is not None}"
@@ -106,6 +109,8 @@ class ProjectiveLinear(_FactoredLinear):
         self.bases = nn.Parameter(torch.zeros(n_clusters, rank, p))
         self.register_buffer("labels", torch.zeros(m, dtype=_label_dtype(n_clusters)))
         self._plan = None
+
+    _basis_names = ("bases",)
 
     @classmethod
     def from_factors(cls, factors: Factors, orientation: str = "rows",
@@ -141,22 +146,23 @@ class ProjectiveLinear(_FactoredLinear):
         """(..., in_features) -> (..., out_features)."""
         order, counts, inverse = self._clusters()
         k, j = self.n_clusters, self.rank
-        coords = torch.split(self.coords[order], counts)
+        coords = torch.split(self._coords(order), counts)
+        bases = self._basis("bases")
         if self.orientation == "rows":
-            z = F.linear(x, self.bases.reshape(k * j, -1))  # (..., k*j): every cluster's coordinates
+            z = F.linear(x, bases.reshape(k * j, -1))  # (..., k*j): every cluster's coordinates
             parts = [F.linear(z[..., i * j:(i + 1) * j], c) for i, c in enumerate(coords)]
             y = torch.cat(parts, dim=-1).index_select(-1, inverse)
             return y if self.bias is None else y + self.bias
         xs = torch.split(x.index_select(-1, order), counts, dim=-1)
         z = torch.cat([xi @ c for xi, c in zip(xs, coords)], dim=-1)  # (..., k*j)
-        return F.linear(z, self.bases.reshape(k * j, -1).T, self.bias)
+        return F.linear(z, bases.reshape(k * j, -1).T, self.bias)
 
     @property
     def weight(self) -> torch.Tensor:
         """W (out_features, in_features), rebuilt (differentiable)."""
         order, counts, inverse = self._clusters()
-        coords = torch.split(self.coords[order], counts)
-        rows = torch.cat([c @ self.bases[i] for i, c in enumerate(coords)]).index_select(0, inverse)
+        coords, bases = torch.split(self._coords(order), counts), self._basis("bases")
+        rows = torch.cat([c @ bases[i] for i, c in enumerate(coords)]).index_select(0, inverse)
         return rows if self.orientation == "rows" else rows.T
 
     def extra_repr(self) -> str:

@@ -24,7 +24,7 @@ from .errors import MessiError
 from .folder import CONFIG_NAME, WEIGHTS_NAME, check_config, check_weights, embedding_info, read_info, sha256_file
 from .hf_config import MessiConfig
 from .io import atomic_dir, check_writable_target, write_json
-from .layers import FactorizedEmbedding, ProjectiveEmbedding, _LowRankEmbedding
+from .layers import CoordinateStorage, FactorizedEmbedding, ProjectiveEmbedding, _LowRankEmbedding
 from .stfolder import copy_sentence_transformers_files
 from .targets import empty_linear, input_embedding, install_embedding, install_linear
 from .tensorfile import load_tensors, save_aligned
@@ -179,8 +179,8 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None) -> n
         raise MessiError(f"{weights} is corrupt or does not match messi.json ({reason}); "
                          "re-run `messi compress`") from e
     for module in model.modules():  # buffers not in the file (built on the meta device) made real
-        if isinstance(module, _LowRankEmbedding) and module.bits is not None and module.compute_anchor.is_meta:
-            module.compute_anchor = torch.zeros(0, dtype=module.compute_anchor.dtype, device=module.coords_q.device)
+        if isinstance(module, CoordinateStorage):
+            module.materialize_anchor()
     model.messi_config = info
     model.compression_config = CompressionConfig.from_info(info)
     model.eval()

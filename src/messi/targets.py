@@ -56,9 +56,11 @@ def linear_targets(model: nn.Module) -> dict[str, nn.Linear]:
 def empty_linear(entry: dict) -> _FactoredLinear:
     """The factored Linear layer one entry of messi.json's ``linear_layers`` describes, zeros."""
     inp, out, j, bias = entry["in_features"], entry["out_features"], entry["rank"], entry["bias"]
-    if entry["method"] == "svd":
-        return FactorizedLinear(inp, out, j, bias)
-    return ProjectiveLinear(inp, out, j, entry["k"], entry["orientation"], bias)
+    layer = (FactorizedLinear(inp, out, j, bias) if entry["method"] == "svd" else
+             ProjectiveLinear(inp, out, j, entry["k"], entry["orientation"], bias))
+    if entry.get("bits") is not None:
+        layer.quantize_(entry["bits"], entry.get("group_size"))
+    return layer
 
 
 def install_linear(model: nn.Module, name: str, layer: nn.Module) -> None:
