@@ -95,3 +95,20 @@ def test_demo_without_data_is_one_line(tmp_path):
                                       str(tmp_path / "d")])
     assert result.exit_code == 2 and "GLUE data folder not found" in result.output
     assert not (tmp_path / "d").exists()
+
+
+def test_bytes_cells_rtn_and_size_and_their_table(study_dir):
+    from messi.sts_study import bytes_table
+
+    study = Study(None, sts_pairs("dev", limit=30), study_dir / "bytes.json", n_init=1, max_iter=5)
+    int4 = study.rtn(4, 128)
+    assert int4["bytes"] == 30522 * (192 + 3 * 2) and int4["table_bytes"] == 30522 * 384 * 4
+    (sized,) = study.run([Setting("messi", 0.5, 2, size=0.03)], progress=False)
+    assert sized["bytes"] <= 0.03 * sized["table_bytes"] and sized["stored_bits"] in (8, 4)
+    assert Setting("messi", 0.5, 2, size=0.03).key.endswith("|size0.03")
+    assert Setting("messi", 0.5, 2).key == "messi|k2|r0.5|plain"  # keys of older files unchanged
+    md = bytes_table([("int4", int4), ("messi", sized)], study.uncompressed())
+    ref = study.uncompressed()["spearman"]
+    assert f"| int4 | {100 * int4['bytes'] / int4['table_bytes']:.2f}% | {int4['spearman']:.2f} " \
+           f"({int4['spearman'] - ref:+.2f}) |" in md.splitlines()
+    assert study.rtn(4, 128) is study.results["rtn|b4|g128"]  # cached

@@ -8,6 +8,7 @@ guided by calibration text; score it with zero-shot STS-B.
 >>> same = messi.load("out_messi")
 """
 
+from . import export  # noqa: E402,F401  (messi.export.export_onnx)
 from .auto import MessiConfig, MessiModel  # noqa: E402
 from .auto import register as _register_auto
 from .calibration import (  # noqa: E402

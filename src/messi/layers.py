@@ -221,18 +221,36 @@ class ProjectiveEmbedding(_LowRankEmbedding):
         counts = torch.bincount(clusters, minlength=self.n_clusters).tolist()
         return order, counts
 
+    #: Export-friendly lookup (``export.py``): every token through every basis, then one gather;
+    #: no split whose sizes depend on the input. k times the products, no data-dependent shapes.
+    static_lookup = False
+
     def _lookup(self, ids):
         u = self._coords(ids)  # (N, j)
         bases = self._basis("bases")
         if self.n_clusters == 1:
             return u @ bases[0]
+        if self.static_lookup:
+            every = torch.einsum("nj,kjd->nkd", u, bases)  # (N, k, d)
+            which = self.labels[ids].long()[:, None, None].expand(-1, 1, self.embedding_dim)
+            return every.gather(1, which).squeeze(1)
         order, counts = self._by_cluster(self.labels[ids].long())
         pieces = torch.split(u[order], counts)
         out_sorted = torch.cat([p @ bases[i] for i, p in enumerate(pieces)])
         return torch.empty_like(out_sorted).index_copy(0, order, out_sorted)
 
+    def _table_plan(self):
+        """``_by_cluster`` of every row, cached until ``labels`` changes (loading writes it in
+        place): the head's per-cluster columns are a property of the weights, not of the input."""
+        if torch.compiler.is_compiling() and getattr(self, "_plan", None) is not None:
+            return self._plan[1:]  # traced for export: the plan of the weights, as constants
+        key = (self.labels.data_ptr(), self.labels._version, self.labels.device)
+        if getattr(self, "_plan", None) is None or self._plan[0] != key:
+            self._plan = (key, *self._by_cluster(self.labels.long()))
+        return self._plan[1:]
+
     def _attend(self, hidden):
-        order, counts = self._by_cluster(self.labels.long())
+        order, counts = self._table_plan()
         j = self.rank
         projected = hidden @ self._basis("bases").reshape(-1, self.embedding_dim).T  # (M, k*j): one product
         scores = hidden.new_empty(hidden.shape[0], self.num_embeddings)

@@ -134,6 +134,8 @@ class ProjectiveLinear(_FactoredLinear):
     def _clusters(self):
         """(order, counts, inverse): rows sorted by cluster, run lengths, and the permutation
         that undoes the sort; cached until ``labels`` changes (loading writes it in place)."""
+        if torch.compiler.is_compiling() and getattr(self, "_plan", None) is not None:
+            return self._plan[1:]  # traced for export: the plan of the weights, as constants
         key = (self.labels.data_ptr(), self.labels._version, self.labels.device)
         if self._plan is None or self._plan[0] != key:
             labels = self.labels.long()

@@ -91,8 +91,9 @@ def _pack4(q: torch.Tensor) -> torch.Tensor:
 
 def _unpack4(packed: torch.Tensor, m: int) -> torch.Tensor:
     """The inverse of ``_pack4``: int8 (n, m)."""
-    low = (packed & 0x0F).to(torch.int8) - 8
-    high = (packed >> 4).to(torch.int8) - 8
+    wide = packed.to(torch.int16)  # arithmetic, not bit operators: exported graphs keep one dtype
+    low = (wide % 16 - 8).to(torch.int8)
+    high = (wide // 16 - 8).to(torch.int8)
     return torch.stack([low, high], -1).reshape(packed.shape[0], -1)[:, :m]
 
 

@@ -36,6 +36,7 @@ from .evaluate import read_pooling, sts_score
 from .factorize import relative_error
 from .io import save_png, write_json, write_text
 from .models import load_pretrained, load_tokenizer, resolve_model
+from .quantize import quantized_bytes, round_trip
 
 
 @dataclass(frozen=True)
@@ -54,19 +55,23 @@ class Setting:
     power: float = DEFAULT_POWER
     output_texts: int = 0
     seed: int | None = None
+    size: float | None = None
+    bits: int | None = None
 
     @property
     def key(self) -> str:
         """A stable name of the cell in the results file."""
         cal = "+".join(self.calibration) + f"@a{self.alpha:g},p{self.power:g}" if self.calibration else "plain"
         return (f"{self.method}|k{self.k}|r{self.ratio:g}|{cal}" + (f"|out{self.output_texts}" if self.output_texts else "")
-                + (f"|seed{self.seed}" if self.seed is not None else ""))
+                + (f"|seed{self.seed}" if self.seed is not None else "")
+                + (f"|size{self.size:g}" if self.size is not None else "") + (f"|b{self.bits}" if self.bits else ""))
 
     @property
     def label(self) -> str:
         """How tables and plots name the setting's curve."""
         name = "SVD" if self.method == "svd" else f"MESSI k={self.k}"
-        return name + (" calibrated" if self.calibration else "") + (", output-aware" if self.output_texts else "")
+        return (name + (" calibrated" if self.calibration else "") + (", output-aware" if self.output_texts else "")
+                + (f", {self.bits}-bit coordinates" if self.bits else "") + (f", --size {self.size:g}" if self.size else ""))
 
 
 class Study:
@@ -147,6 +152,23 @@ class Study:
             self._save()
         return self.results["none"]
 
+    def rtn(self, bits: int, group_size: int | None) -> dict:
+        """The whole table quantized round-to-nearest (``quantize.round_trip``: fp16 scales, one
+        per row or per group), scored as the others; cached under "rtn|b{bits}|g{group}"."""
+        key = f"rtn|b{bits}|g{group_size}"
+        if key not in self.results:
+            model = copy.deepcopy(self.base)
+            emb = model.get_input_embeddings()
+            n, d = emb.weight.shape
+            with torch.no_grad():
+                emb.weight.copy_(round_trip(emb.weight, bits, group_size))
+            self.results[key] = {"key": key, "method": "rtn", "bits": bits, "group_size": group_size,
+                                 "bytes": quantized_bytes(n, d, bits, group_size),
+                                 "table_bytes": emb.weight.numel() * emb.weight.element_size(),
+                                 **sts_score(model, self.tokenizer, self.pooling, self.pairs)}
+            self._save()
+        return self.results[key]
+
     def run(self, settings: list[Setting], progress: bool = True) -> list[dict]:
         """Score every setting not yet in the results file; returns the records of ``settings``."""
         self.uncompressed()
@@ -168,7 +190,7 @@ class Study:
         start = time.perf_counter()
         seed = self.seed if s.seed is None else s.seed
         config = CompressionConfig(method=s.method, ratio=s.ratio, k=s.k, seed=seed, n_init=self.n_init,
-                                   max_iter=self.max_iter)
+                                   max_iter=self.max_iter, size=s.size, bits=s.bits)
         compress(model, config, CalibrationData(row_weights=weights, embedding_metric=metric))
         seconds = time.perf_counter() - start
         info = model.messi_config
@@ -176,6 +198,8 @@ class Study:
                   "compression": info["compression"], "embedding_params_after": info["embedding_params_after"],
                   "rel_error": info["rel_error"], "weighted_rel_error": info.get("weighted_rel_error"),
                   "output_rel_error": info.get("output_rel_error"),
+                  "bytes": info["embedding_bytes_after"], "table_bytes": info["embedding_bytes_before"],
+                  "stored_bits": info.get("bits"),
                   "fit_seconds": info["fit_seconds"], "compress_seconds": seconds}
         if self.reference_counts is not None:
             A = self.base.get_input_embeddings().weight.detach()
@@ -247,6 +271,15 @@ def plot(records: list[dict], reference: dict, path: str | Path, title: str) -> 
 #: Calibration text of the demo and of the benchmark's "other" rows: GLUE train texts of tasks
 #: other than STS-B, so that the STS-B score is not calibrated on its own domain.
 OTHER_TASKS = DEFAULT_SOURCES
+
+
+def bytes_table(rows: list[tuple[str, dict]], reference: dict) -> str:
+    """A markdown table of (label, record) rows: bytes as a share of the fp32 table, and score."""
+    lines = ["| embedding stored as | bytes (% of the fp32 table) | STS-B (change) |", "|---|---|---|"]
+    for label, r in rows:
+        lines.append(f"| {label} | {100 * r['bytes'] / r['table_bytes']:.2f}% | "
+                     f"{r['spearman']:.2f} ({r['spearman'] - reference['spearman']:+.2f}) |")
+    return "\n".join(lines)
 
 
 def demo_settings(k: int, ratios=(0.4, 0.6, 0.8)) -> list[Setting]:

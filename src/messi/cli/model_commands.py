@@ -16,13 +16,14 @@ from ..config import CalibrationSettings, CompressionConfig
 from ..errors import MessiError
 from ..evaluate import eval_sts as run_eval_sts
 from ..evaluate import read_pooling, sts_pairs
+from ..export import export_onnx
 from ..families import DEFAULT_OUTPUT_TEXTS, family_of
 from ..folder import check_weights, read_info
 from ..glue.train import TrainConfig
-from ..io import check_writable_target
+from ..io import check_writable_target, write_text
 from ..models import DEFAULT_MODEL, cache_dir, fetch_mpnet, load_pretrained, load_tokenizer, resolve_model
 from ..persist import is_messi_folder, save
-from ..sts_study import Study, demo_settings
+from ..sts_study import OTHER_TASKS, Setting, Study, bytes_table, demo_settings
 from ..sts_study import write_report as write_sts_report
 from .common import DATA, DEFAULT_K, MODEL_HELP, app, console, friendly, info_table
 from .glue_commands import _glue_found, _run_sweep
@@ -119,6 +120,23 @@ def info(
         console.print(info_table(data, str(directory)))
 
 
+def _demo_bytes(study: Study) -> str:
+    """The demo's bytes rows: plain 4-bit quantization of the whole table against calibrated
+    MESSI at the same bytes (``--size``), and MESSI where plain quantization has nothing left."""
+    int4, int2 = study.rtn(4, 128), study.rtn(2, 32)
+    same = int4["bytes"] / int4["table_bytes"]
+    cal = dict(calibration=OTHER_TASKS, output_texts=DEFAULT_OUTPUT_TEXTS)
+    at_int4, at_3 = study.run([Setting("messi", 0.5, DEFAULT_K, size=round(same, 4), **cal),
+                               Setting("messi", 0.5, DEFAULT_K, size=0.03, **cal)], progress=False)
+    rows = [("int4 round-to-nearest, groups of 128 (fp16 scales)", int4),
+            (f"MESSI k={DEFAULT_K} calibrated, `--size {same:.3f}` ({at_int4['stored_bits']}-bit coordinates)",
+             at_int4),
+            ("int2 round-to-nearest, groups of 32", int2),
+            (f"MESSI k={DEFAULT_K} calibrated, `--size 0.03` ({at_3['stored_bits']}-bit coordinates)", at_3)]
+    return ("## In bytes\n\nThe same model, the embedding's stored bytes against plain quantization of the "
+            "whole table:\n\n" + bytes_table(rows, study.uncompressed()))
+
+
 def default_output_texts(net) -> int:
     """``--output-texts`` when not given: the model family's default (``families.py``):
     DEFAULT_OUTPUT_TEXTS for a model whose output is its token states or sentence embedding
@@ -163,7 +181,10 @@ def demo(
              "every cell is in sts.json.")
     md_path, png_path, md = write_sts_report(records, study.uncompressed(), output_dir,
                                          "all-MiniLM-L6-v2: zero-shot STS-B vs embedding compression", notes)
+    bytes_md = _demo_bytes(study)
+    write_text(md_path, md + "\n\n" + bytes_md + "\n")
     console.print(md)
+    console.print(bytes_md)
     console.print(f"wrote {md_path} and {png_path}")
     if glue:
         cfg = TrainConfig(epochs=2.0, learning_rate=5e-5, batch_size=32, max_seq_length=64,
@@ -192,6 +213,30 @@ def eval_sts(
         table.add_row(key, f"{result[key]:.2f}")
     table.add_row("pairs", f"{result['pairs']:,}")
     table.add_row("pooling", result["pooling"])
+    console.print(table)
+
+
+@app.command()
+@friendly
+def export(
+    directory: Path = typer.Argument(..., help="A folder written by `messi compress`."),
+    format: str = typer.Option("onnx", "--format", help="onnx (the only format so far)."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Folder to write; default DIRECTORY_onnx."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUTPUT if messi exported it."),
+    data_dir: Optional[Path] = DATA,
+):
+    """Export a compressed folder as an ONNX graph that onnxruntime runs without torch or messi
+    (factored and quantized layers kept so), checked against the torch model on real text."""
+    if format != "onnx":
+        raise MessiError(f"--format must be onnx, got {format!r}")
+    info = export_onnx(directory, output, overwrite, data_dir)
+    target = output or directory.with_name(directory.name + "_onnx")
+    table = Table(title=f"ONNX export: {target}", show_header=False)
+    for key, value in (("inputs", ", ".join(info["inputs"])), ("output", info["output"]),
+                       ("family", info["family"]), ("model.onnx bytes", f"{info['onnx_bytes']:,}"),
+                       ("checked on", f"{info['check']['texts']} {info['check']['data']}"),
+                       ("max |onnxruntime - torch|", f"{info['check']['max_abs_diff']:.3g}")):
+        table.add_row(key, value)
     console.print(table)
 
 
