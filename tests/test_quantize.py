@@ -30,7 +30,10 @@ def test_round_trip_is_within_half_a_step_and_bytes_are_what_is_stored(n, j, bit
     q, scale = quantize_rows(X, bits, group)
     back = dequantize(q, scale, bits, j, group)
     assert back.shape == (n, j)
-    g = j if group is None else min(group, j)
+    groups = 1 if group is None else -(-j // min(group, j))
+    assert scale.shape == (n, groups)
+    g = -(-j // groups)  # evenly sized groups of at most group_size
+    assert g <= (group or j)
     steps = scale.float().repeat_interleave(g, 1)[:, :j]
     assert bool(((back - X).abs() <= steps / 2 + 1e-6 * X.abs().max()).all())
     if bits in (4, 8):  # stored as packed as they are counted

@@ -5,7 +5,7 @@ with fp16 scales, so that low rank and quantization multiply), and on a whole ta
 baseline users already know (int8 per row, 4/3/2 bits with group scales: what GGUF, torchao and
 OpenVINO store).
 
-A row of ``j`` numbers is cut into groups of ``group_size`` (the whole row when None); each group
+A row of ``j`` numbers is cut into groups of at most ``group_size`` (the whole row when None); each group
 keeps one fp16 scale = max |x| / (2^(bits-1) - 1) and integers in [-(2^(bits-1) - 1),
 2^(bits-1) - 1]. Rounding uses the fp16 scale itself, so ``dequantize`` gives back exactly the
 values the fit was measured on. 4-bit values are packed two to a byte; 3 and 2 bits are counted
@@ -35,9 +35,11 @@ def check_bits(bits: int, group_size: int | None) -> None:
 
 
 def _groups(j: int, group_size: int | None) -> tuple[int, int]:
-    """(group size, number of groups) for rows of ``j`` numbers; the last group is zero-padded."""
-    g = j if group_size is None else min(group_size, j)
-    return g, math.ceil(j / g)
+    """(group size, number of groups) for rows of ``j`` numbers: as many groups as groups of at
+    most ``group_size`` need, evenly sized (j = 65 in groups of 32: 3 groups of 22, one padding
+    zero), so that a rank just past a multiple does not pay for a nearly empty group."""
+    groups = 1 if group_size is None else math.ceil(j / min(group_size, j))
+    return math.ceil(j / groups), groups
 
 
 def packed_width(j: int, bits: int, group_size: int | None) -> int:
