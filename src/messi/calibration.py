@@ -52,6 +52,8 @@ def token_counts(tokenizer, texts, num_embeddings: int | None = None, batch_size
 
     Returns an int64 tensor (n,), n = ``num_embeddings`` (default: the tokenizer's length).
     """
+    if isinstance(texts, (str, bytes)):
+        raise MessiError("token_counts takes a list of texts, got one string; wrap it: [text]")
     texts = list(texts)
     n = int(num_embeddings if num_embeddings is not None else len(tokenizer))
     counts = torch.zeros(n, dtype=torch.int64)

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from scipy import stats
 from tqdm.auto import tqdm
 
+from . import checks
 from .datasets import read_split
 from .errors import MessiError
 from .models import load_pretrained, load_tokenizer, resolve_model
@@ -53,6 +55,8 @@ def sts_pairs(split: str = "dev", data_dir=None, limit: int | None = None):
     """STS-B pairs of ``split`` ("dev" or "train"): (sentences1, sentences2, gold scores 0..5)."""
     if split not in ("dev", "train"):
         raise MessiError(f"--split must be dev or train, got {split!r}")
+    if limit is not None:
+        checks.integer("limit", limit, 1)
     rows = read_split("stsb", split, data_dir)
     if limit is not None:
         rows = rows[:limit]
@@ -66,6 +70,9 @@ def sts_score(model, tokenizer, pooling: Pooling, pairs, batch_size: int = 64, p
         raise MessiError(f"need at least 3 STS pairs to correlate, got {len(gold)}")
     emb = encode(model, tokenizer, list(a) + list(b), pooling, batch_size, progress)
     cos = torch.nn.functional.cosine_similarity(emb[: len(a)], emb[len(a):], dim=-1).double().numpy()
+    if not np.isfinite(cos).all():
+        raise MessiError("the model gives NaN or infinite sentence embeddings; its weights are damaged "
+                         "(re-run `messi compress`, or check the original model)")
     return {"spearman": 100 * float(stats.spearmanr(cos, gold).statistic),
             "pearson": 100 * float(stats.pearsonr(cos, gold).statistic), "pairs": len(gold)}
 

@@ -83,8 +83,9 @@ def _quantize_layer(layer, A, labels, bits, group_size, weights, metric, error_o
     cluster, ``quantize.refit_bases``; ``A`` the matrix in the factors' orientation) if that
     lowers the error the fit minimised (``error_of()``; default the table's weighted / output
     error); both kept in the layer's storage (fp16 bases). Returns the storage's messi.json fields."""
-    layer.quantize_(bits, group_size)
     name = layer._basis_names[0]
+    _equalize_columns(layer, labels)
+    layer.quantize_(bits, group_size)
     error_of = error_of or (lambda: relative_error(A, layer.weight, weights, metric))
     with torch.no_grad():
         before = error_of()
@@ -96,6 +97,23 @@ def _quantize_layer(layer, A, labels, bits, group_size, weights, metric, error_o
             getattr(layer, name).copy_(kept)
     return {"bits": bits, "group_size": group_size, "bases_refit": bool(after < before),
             "bases_dtype": "float16"}
+
+
+def _equalize_columns(layer, labels) -> None:
+    """Rescale every cluster's coordinate columns to unit RMS and fold the scales into its
+    basis (the same products): a subspace's first coordinates are far larger than its last, and
+    one scale per row would otherwise round the small ones to zero. Measured on the built-in
+    table's calibrated MESSI k=5 fits: lower output error at 4, 3 and 2 bits at every rank tried."""
+    coords, basis = getattr(layer, layer._coord_name), getattr(layer, layer._basis_names[0])
+    k = int(labels.max()) + 1 if labels.numel() else 1
+    bases = basis.view(k, layer.rank, -1)
+    with torch.no_grad():
+        for i in range(k):
+            rows = labels == i
+            if rows.any():
+                scale = coords[rows].double().square().mean(0).sqrt().clamp_min(1e-12).to(coords.dtype)
+                coords[rows] = coords[rows] / scale
+                bases[i] *= scale[:, None]
 
 
 def _embedding_record(A, layer, method, k, rank, weights, padding_idx, tied, metric=None) -> dict:

@@ -159,11 +159,86 @@ def read_info(path: str | Path) -> dict:
     file = path / CONFIG_NAME
     if not file.is_file():
         raise MessiError(f"{path} has no {CONFIG_NAME}: not a messi folder; create one with `messi compress`")
+    if file.stat().st_size > MAX_INFO_BYTES:
+        raise MessiError(f"{file} is {file.stat().st_size:,} bytes, far more than messi writes; re-run `messi compress`")
     try:
-        info = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MessiError(f"{file} is corrupt ({type(e).__name__}: {e}); re-run `messi compress`") from e
+        info = json.loads(file.read_text(encoding="utf-8"), parse_constant=_no_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise MessiError(f"{file} is corrupt ({type(e).__name__}: {str(e)[:200]}); re-run `messi compress`") from e
     return validate_info(info, file)
+
+
+#: Largest messi.json read (a whole-model record of a big LLM is well under a megabyte).
+MAX_INFO_BYTES = 32 << 20
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+#: messi.json keys of the manifest: every other file's sha256, and messi.json's own.
+FILES_KEY, SELF_KEY = "files", "messi_json_sha256"
+
+
+def folder_files(path: Path) -> dict[str, str]:
+    """sha256 of every regular file under ``path`` but messi.json, by relative POSIX path."""
+    return {p.relative_to(path).as_posix(): sha256_file(p) for p in sorted(path.rglob("*"))
+            if p.is_file() and not p.is_symlink() and p.relative_to(path).as_posix() != CONFIG_NAME}
+
+
+def info_digest(info: dict) -> str:
+    """sha256 of messi.json's content, canonical (sorted keys, no spaces), without its own digest."""
+    data = {k: v for k, v in info.items() if k != SELF_KEY}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()).hexdigest()
+
+
+def with_manifest(info: dict, path: Path) -> dict:
+    """``info`` plus the manifest of the folder ``path`` as it is now (``save`` calls it last)."""
+    info = {**info, FILES_KEY: folder_files(path)}
+    return {**info, SELF_KEY: info_digest(info)}
+
+
+def verify_manifest(info: dict, path: Path, skip: tuple[str, ...] = (WEIGHTS_NAME,)) -> bool:
+    """Every file the manifest lists is there with its sha256, and messi.json is unedited;
+    MessiError naming the first file that is not. False for a folder written before manifests
+    (nothing to verify beyond the weights' checksum). ``skip``: files checked elsewhere."""
+    files = info.get(FILES_KEY)
+    if files is None:
+        return False
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise MessiError(f"{path}/{CONFIG_NAME}: its file list is damaged; re-run `messi compress`")
+    if info.get(SELF_KEY) != info_digest(info):
+        raise MessiError(f"{path}/{CONFIG_NAME} was edited after `messi compress` wrote it (its sha256 does not "
+                         "match); restore it or re-run `messi compress`")
+    for name, digest in files.items():
+        file = path / name
+        if ".." in Path(name).parts or Path(name).is_absolute():
+            raise MessiError(f"{path}/{CONFIG_NAME} lists the file {name!r} outside the folder; re-run `messi compress`")
+        if name in skip:
+            continue
+        if not file.is_file():
+            raise MessiError(f"{file} is missing (messi.json lists it); copy the whole folder or re-run `messi compress`")
+        if sha256_file(file) != digest:
+            raise MessiError(f"{file} was changed after `messi compress` wrote it (sha256 differs); restore it or "
+                             "re-run `messi compress`")
+    return True
+
+
+def check_replaceable(path: Path) -> bool:
+    """For ``--overwrite``: the folder holds exactly the files messi wrote (its manifest and
+    messi.json); MessiError naming the first other file, or saying it has no manifest."""
+    info = read_info(path)
+    files = info.get(FILES_KEY)
+    if not isinstance(files, dict):
+        raise MessiError(f"{path} was written by an older messi without a file list; --overwrite cannot tell "
+                         "your files from its own. Delete it yourself or choose another folder")
+    present = set(folder_files(path)) | {CONFIG_NAME}
+    others = sorted(present - set(files) - {CONFIG_NAME}) + sorted(
+        p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_symlink())
+    if others:
+        raise MessiError(f"{path} holds {others[0]!r}, which messi did not write; --overwrite refuses to delete it. "
+                         "Move it out or choose another folder")
+    return True
 
 
 def check_config(info: dict, config, path: Path) -> None:
@@ -183,6 +258,8 @@ def check_weights(info: dict, path: Path, verify_checksum: bool = True) -> None:
     weights = path / WEIGHTS_NAME
     if not weights.is_file():
         raise MessiError(f"{path} has no {WEIGHTS_NAME}; the folder is incomplete, re-run `messi compress`")
+    if verify_checksum:
+        verify_manifest(info, path)
     digest = info.get("weights_sha256")
     if verify_checksum and digest is not None and sha256_file(weights) != digest:
         raise MessiError(f"{weights} does not match the sha256 in messi.json: the file is damaged or was "

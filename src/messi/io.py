@@ -90,11 +90,25 @@ def check_writable_target(path: str | os.PathLike, replace: bool = False, is_our
             raise MessiError(f"{path} already exists; choose another folder or pass --overwrite")
         if not path.is_dir() or path.is_symlink():
             raise MessiError(f"{path} is not a folder; --overwrite only replaces a folder that messi wrote")
+        _refuse_precious(path)
         if is_ours is not None and not is_ours(path):
             raise MessiError(f"{path} was not written by messi (no messi.json); --overwrite refuses to delete "
                              "it. Choose another folder")
     _ensure_writable_folder(path.parent, path)
     return path
+
+
+def _refuse_precious(path: Path) -> None:
+    """MessiError if replacing ``path`` could take what a user lives in with it: the home folder,
+    a filesystem root, the current folder or one of its parents."""
+    real, cwd = path.resolve(), Path.cwd().resolve()
+    if real == Path.home().resolve():
+        raise MessiError(f"{path} is your home folder; --overwrite never replaces it. Choose another folder")
+    if real == Path(real.anchor):
+        raise MessiError(f"{path} is a filesystem root; --overwrite never replaces it. Choose another folder")
+    if real == cwd or real in cwd.parents:
+        raise MessiError(f"{path} is the current folder or one of its parents; --overwrite never replaces it. "
+                         "Choose another folder")
 
 
 def _ensure_writable_folder(folder: Path, target: Path) -> None:

@@ -9,6 +9,7 @@ import transformers
 from torch import nn
 
 from .errors import MessiError
+from .folder import embedding_info, read_info, verify_manifest
 from .io import atomic_dir
 from .persist import is_messi_folder, load
 from .stfolder import is_sentence_transformers_folder
@@ -199,6 +200,20 @@ def load_tokenizer(name_or_path: str | os.PathLike | None = None):
     """The tokenizer stored with a model (built-in name or folder), or None if it has none."""
     path = Path(name_or_path) if name_or_path is not None and Path(name_or_path).is_dir() else resolve_model(name_or_path)
     try:
-        return transformers.AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError):
         return None
+    if is_messi_folder(path):
+        _check_tokenizer_fits(tokenizer, path)
+    return tokenizer
+
+
+def _check_tokenizer_fits(tokenizer, path: Path) -> None:
+    """A compressed folder's tokenizer must give ids inside its table: MessiError naming the
+    tokenizer files otherwise (a folder copied without tokenizer.json loads a tiny fallback)."""
+    info = read_info(path)
+    verify_manifest(info, path)  # a tokenizer file missing or edited is named here
+    rows = (embedding_info(info) or {}).get("num_embeddings")
+    if rows is not None and len(tokenizer) > rows:
+        raise MessiError(f"{path}: its tokenizer (tokenizer.json / tokenizer_config.json) has {len(tokenizer):,} "
+                         f"tokens but the table {rows:,} rows; copy the model's own tokenizer files")

@@ -21,7 +21,17 @@ from torch import nn
 
 from .config import CompressionConfig
 from .errors import MessiError
-from .folder import CONFIG_NAME, WEIGHTS_NAME, check_config, check_weights, embedding_info, read_info, sha256_file
+from .folder import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    check_config,
+    check_replaceable,
+    check_weights,
+    embedding_info,
+    read_info,
+    sha256_file,
+    with_manifest,
+)
 from .hf_config import MessiConfig
 from .io import atomic_dir, check_writable_target, write_json
 from .layers import CoordinateStorage, FactorizedEmbedding, ProjectiveEmbedding, _LowRankEmbedding
@@ -73,16 +83,17 @@ def save(model: nn.Module, path: str | os.PathLike, tokenizer=None, extra: dict 
     sentence-transformers folder, its pooling and normalisation settings (modules.json and the
     module folders) are kept, so that ``SentenceTransformer(path)`` encodes as the original did.
     ``extra`` adds keys to messi.json (e.g. where the model came from). messi.json records the
-    sha256 of model.safetensors, which ``load`` checks.
+    sha256 of every file it holds and its own (a manifest), which ``load`` checks.
 
-    An existing ``path`` is refused unless ``overwrite``, and even then only a folder that messi
-    wrote (it has messi.json) is replaced, once the new one is complete. A folder that appears
+    An existing ``path`` is refused unless ``overwrite``, and even then only a folder that holds
+    exactly the files messi wrote there is replaced (never the home folder, a root, the current
+    folder or its parents), once the new one is complete. A folder that appears
     at ``path`` while saving is never replaced.
     """
     info = getattr(model, "messi_config", None)
     if info is None:
         raise MessiError("this model was not compressed with messi.compress; nothing to save")
-    path = check_writable_target(path, replace=overwrite, is_ours=is_messi_folder)
+    path = check_writable_target(path, replace=overwrite, is_ours=check_replaceable)
     with atomic_dir(path, replace=overwrite) as tmp:
         MessiConfig(base_config=model.config.to_dict()).save_pretrained(tmp)
         _save_weights(model, tmp / WEIGHTS_NAME)
@@ -90,7 +101,8 @@ def save(model: nn.Module, path: str | os.PathLike, tokenizer=None, extra: dict 
             copy_sentence_transformers_files(Path(source), tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        write_json(tmp / CONFIG_NAME, {**info, **(extra or {}), "weights_sha256": sha256_file(tmp / WEIGHTS_NAME)})
+        record = {**info, **(extra or {}), "weights_sha256": sha256_file(tmp / WEIGHTS_NAME)}
+        write_json(tmp / CONFIG_NAME, with_manifest(record, tmp))
     return path
 
 

@@ -18,11 +18,11 @@ from ..evaluate import eval_sts as run_eval_sts
 from ..evaluate import read_pooling, sts_pairs
 from ..export import export_onnx
 from ..families import DEFAULT_OUTPUT_TEXTS, family_of
-from ..folder import check_weights, read_info
+from ..folder import check_replaceable, check_weights, read_info
 from ..glue.train import TrainConfig
 from ..io import check_writable_target, write_text
 from ..models import DEFAULT_MODEL, cache_dir, fetch_mpnet, load_pretrained, load_tokenizer, resolve_model
-from ..persist import is_messi_folder, save
+from ..persist import save
 from ..sts_study import OTHER_TASKS, Setting, Study, bytes_table, demo_settings
 from ..sts_study import write_report as write_sts_report
 from .common import DATA, DEFAULT_K, MODEL_HELP, app, console, friendly, info_table
@@ -83,7 +83,7 @@ def compress(
     config = _config_from_flags(
         method=method, ratio=ratio, size=size, bits=bits, group_size=group_size, k=k, rank=rank, target=target, allocation=allocation, seed=seed, n_init=n_init,
         max_iter=max_iter, loss=loss, init_size=checks.integer("--init-size", init_size, 0) or None)
-    check_writable_target(out_dir, replace=overwrite, is_ours=is_messi_folder)
+    check_writable_target(out_dir, replace=overwrite, is_ours=check_replaceable)
     if target != "embedding" and not calibration and _glue_found(data_dir):
         calibration = list(DEFAULT_SOURCES)
         console.print(f"calibration text: {', '.join(calibration)} (train splits; give --calibration to change)")
