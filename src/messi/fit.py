@@ -14,6 +14,7 @@ from .allocate import messi_params, same_size_rank, svd_params
 from .config import DEFAULT_GROUP_4BIT, ORIENTATIONS
 from .errors import MessiError
 from .factorize import compression, factorize, parameter_count, relative_error, whitening
+from .families import Family
 from .layers import FactorizedEmbedding, ProjectiveEmbedding, _LowRankEmbedding
 from .linear import FactorizedLinear, ProjectiveLinear
 from .quantize import rank_for_bytes, refit_bases
@@ -21,10 +22,13 @@ from .targets import install_embedding, install_linear, is_tied
 
 
 def _embedding_layer(factors, emb: nn.Embedding, method: str) -> _LowRankEmbedding:
-    """The factored embedding holding ``factors``, with ``emb``'s padding row, dtype and device."""
+    """The factored embedding holding ``factors``, with ``emb``'s padding row, dtype, device and
+    its family's scale of looked-up rows (Gemma's sqrt(d))."""
     A = emb.weight.detach()
     cls = FactorizedEmbedding if method == "svd" else ProjectiveEmbedding
-    return cls.from_factors(factors, emb.padding_idx, _padding_row(A, emb.padding_idx)).to(device=A.device, dtype=A.dtype)
+    layer = cls.from_factors(factors, emb.padding_idx, _padding_row(A, emb.padding_idx)).to(device=A.device, dtype=A.dtype)
+    layer.embed_scale = Family().embedding_scale(emb)
+    return layer
 
 
 def fit_embedding(model, emb, method, k, rank, weights, settings, metric=None, bits=None, group_size=None) -> dict:
@@ -128,6 +132,8 @@ def _embedding_record(A, layer, method, k, rank, weights, padding_idx, tied, met
                   "embedding_bytes_after": layer.storage_bytes(),
                   "label_bytes": getattr(layer, "label_bytes", 0), "rel_error": relative_error(A, approx),
                   "tied_output": tied}
+        if layer.embed_scale is not None:
+            record["embed_scale"] = layer.embed_scale
         if weights is not None:
             record["weighted_rel_error"] = relative_error(A, approx, weights)
         if metric is not None:  # what the fit minimised: the output-side error, rows weighted

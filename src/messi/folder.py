@@ -66,6 +66,9 @@ def _validate_embedding(info: dict, file: Path) -> None:
     if pad is not None:
         _int(info, "padding_idx", 0, n - 1, file)
     _validate_storage(info, file)
+    scale = info.get("embed_scale")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not 0 < scale < 1e6):
+        raise MessiError(f"{file}: embed_scale must be a positive number, got {scale!r}; re-run `messi compress`")
     if not isinstance(info.get("tied_output", False), bool):
         raise MessiError(f"{file}: tied_output must be true or false, got {info.get('tied_output')!r}")
     for key in ("compression", "rel_error", "weighted_rel_error"):

