@@ -14,23 +14,20 @@ Sources (``read_texts``):
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from . import checks
 from .config import CalibrationSettings
-from .datasets import get_task, read_split
 from .errors import MessiError
 from .families import DEFAULT_OUTPUT_TEXTS as DEFAULT_OUTPUT_TEXTS  # re-exported: the calibration defaults in one place
 from .families import family_of, on_model_device
 from .pooling import Pooling
+from .sources import read_all
+from .sources import read_texts as read_texts  # re-exported: calibration's sources
 
 #: The default weighting rule, (count + alpha) ** power, chosen by `benchmarks/sts_curve.py
 #: select` on 2,000 STS-B *train* pairs (best mean Spearman over SVD, MESSI k=3 and k=5 at 60% and
@@ -84,70 +81,6 @@ def weights_from_counts(counts: torch.Tensor, alpha: float = DEFAULT_ALPHA, powe
     return w / w.mean()
 
 
-def _read_glue(task_name: str, data_dir) -> list[str]:
-    task = get_task(task_name)
-    texts = []
-    for ex in read_split(task, "train", data_dir):
-        texts.append(ex.text_a)
-        if ex.text_b is not None:
-            texts.append(ex.text_b)
-    return texts
-
-
-def _read_table(path: Path, column: str) -> list[str]:
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        if reader.fieldnames is None or column not in reader.fieldnames:
-            raise MessiError(f"{path} has no column {column!r} (columns: {', '.join(reader.fieldnames or [])}); "
-                             "pass --text-column with one of them")
-        return [row[column] for row in reader if row.get(column)]
-
-
-def _read_jsonl(path: Path, column: str) -> list[str]:
-    texts = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise MessiError(f"{path}:{line_no}: not valid JSON ({e.msg}); one JSON object per line") from e
-            if not isinstance(obj, dict) or column not in obj:
-                raise MessiError(f"{path}:{line_no}: no {column!r} field; pass --text-column with the text's key")
-            if not isinstance(obj[column], str):
-                raise MessiError(f"{path}:{line_no}: field {column!r} is not a string")
-            texts.append(obj[column])
-    return texts
-
-
-def read_texts(source: str, data_dir=None, text_column: str = "text") -> list[str]:
-    """The texts of one calibration source (see the module docstring); MessiError if it is
-    missing, unreadable or empty."""
-    if source.startswith("glue:"):
-        texts = _read_glue(source[len("glue:"):], data_dir)
-    else:
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise MessiError(f"calibration file {path} does not exist; give a text/.jsonl/.csv file or glue:TASK")
-        suffix = path.suffix.lower()
-        try:
-            if suffix == ".jsonl":
-                texts = _read_jsonl(path, text_column)
-            elif suffix in (".csv", ".tsv"):
-                texts = _read_table(path, text_column)
-            else:
-                texts = path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError as e:
-            raise MessiError(f"{path} is not UTF-8 text (byte {e.start}); convert it to UTF-8") from e
-    texts = [t for t in texts if t.strip()]
-    if not texts:
-        raise MessiError(f"calibration source {source} has no text; give a file with one text per line or glue:TASK")
-    return texts
-
-
 @dataclass
 class Calibration:
     """Token counts of calibration text and the weighting applied to them.
@@ -179,11 +112,6 @@ class Calibration:
                 "distinct_tokens": int((self.counts > 0).sum()), "counts_sha256": self.counts_sha256,
                 "weighting": {"rule": "(count + alpha) ** power", "alpha": self.alpha, "power": self.power},
                 **({"output_metric": self.output_metric} if self.output_metric else {})}
-
-
-def read_all(sources: list[str], data_dir=None, text_column: str = "text") -> list[str]:
-    """The texts of every source, in order (``read_texts`` of each)."""
-    return [t for source in sources for t in read_texts(source, data_dir, text_column)]
 
 
 def calibrate(tokenizer, sources: list[str], num_embeddings: int, data_dir=None, text_column: str = "text",
@@ -336,10 +264,30 @@ def output_sensitivity(model, batches: list[dict], pooling=None, seed: int = 0, 
     return total / max(tokens, 1)
 
 
+@torch.no_grad()
+def head_moments(model, batches: list[dict], progress: bool = False) -> torch.Tensor:
+    """E[h h^T] (d, d) float64 of the final hidden states h that the output head reads, over the
+    real tokens of ``batches``: a tied table's row error e costs about e E[h h^T] e^T in logits."""
+    if not batches:
+        raise MessiError("head_moments needs at least one calibration batch; give calibration text")
+    family = family_of(model)
+    total, tokens = None, 0
+    for batch in tqdm(batches, desc="head metric", unit="batch", disable=not progress):
+        h = family.reference_outputs(model, on_model_device(model, batch)).double()
+        total = h.T @ h if total is None else total + h.T @ h
+        tokens += h.shape[0]
+    return total / max(tokens, 1)
+
+
 def output_metric(model, batches: list[dict], pooling=None, progress: bool = False) -> tuple[torch.Tensor, dict]:
-    """``output_sensitivity`` (d, d) of ``model`` on ``batches``, and what messi.json keeps of
-    it: how many texts, which output, the probe."""
+    """The embedding's output metric (d, d) of ``model`` on ``batches`` as its family measures it
+    (``output_sensitivity``, or ``head_moments`` for a tied LM head), and what messi.json keeps
+    of it: how many texts, which output, how."""
     pooling = pooling or Pooling()
+    if family_of(model).metric_kind(model) == "head":
+        record = {"texts": sum(len(b["input_ids"]) for b in batches), "output": "tied LM head logits",
+                  "probe": "E[h h^T] of the final hidden states"}
+        return head_moments(model, batches, progress), record
     output = family_of(model).describe_output(pooling)
     record = {"texts": sum(len(b["input_ids"]) for b in batches), "output": output,
               "probe": "one Gaussian probe per text, seed 0"}

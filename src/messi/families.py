@@ -109,6 +109,12 @@ class Family:
 
     default_output_texts = DEFAULT_OUTPUT_TEXTS
 
+    def metric_kind(self, model: nn.Module) -> str:
+        """How calibration measures what the user feels of an embedding row's error:
+        "jacobian" (``calibration.output_sensitivity``: backward passes through the model) or
+        "head" (the second moments of the final hidden states that a tied head reads)."""
+        return "jacobian"
+
 
 class SentenceEncoder(Family):
     """A bare encoder (``BertModel``, ``MPNetModel``): its user reads token states or the pooled
@@ -164,12 +170,21 @@ class CausalLM(Family):
     def matches(cls, model):
         return type(model).__name__.endswith(("ForCausalLM", "LMHeadModel"))
 
+    #: texts whose forward passes measure the head-side metric (no backward passes: cheap)
+    default_output_texts = 1000
+
     def user_output(self, model, batch, pooling):
         hidden = self.backbone(model)(**batch)[0]
         return hidden.float() * batch["attention_mask"].unsqueeze(-1).to(torch.float32)
 
     def describe_output(self, pooling):
         return self.output_name
+
+    def metric_kind(self, model):
+        """A tied table is the head: its row r's logit error is e_r . h, so E[h h^T] of the final
+        hidden states is the metric (the Jacobian of the input side, through 18 blocks and a
+        262k vocabulary, costs far more; the issue measured the head metric helping)."""
+        return "head" if self.is_tied(model, model.get_input_embeddings()) else "jacobian"
 
 
 #: Most specific first: the first family that matches a model is its family.

@@ -51,9 +51,13 @@ def windows(tokenizer, texts: list[str], window: int) -> list[torch.Tensor]:
 
 
 @torch.inference_mode()
-def perplexity(model, tokenizer, texts: list[str], window: int = 512, progress: bool = False) -> dict:
-    """{"perplexity", "next_token_accuracy", "tokens" (predicted), "windows", "window"}."""
+def perplexity(model, tokenizer, texts: list[str], window: int = 512, progress: bool = False,
+               max_tokens: int | None = None) -> dict:
+    """{"perplexity", "next_token_accuracy", "tokens" (predicted), "windows", "window"};
+    ``max_tokens``: only the first windows that hold about that many (a quicker, noisier score)."""
     checks.integer("window", window, 2, 1 << 20)
+    if max_tokens is not None:
+        checks.integer("max_tokens", max_tokens, 1)
     if not isinstance(family_of(model), CausalLM):
         raise MessiError(f"{type(model).__name__} is not a causal LM; eval-ppl scores next-token prediction "
                          "(use eval-sts for sentence encoders)")
@@ -61,6 +65,8 @@ def perplexity(model, tokenizer, texts: list[str], window: int = 512, progress: 
     device = next(model.parameters()).device
     nll, correct, count = 0.0, 0, 0
     chunks = windows(tokenizer, texts, window)
+    if max_tokens is not None:
+        chunks = chunks[:max(1, math.ceil(max_tokens / (window - 1)))]
     for ids in tqdm(chunks, desc="perplexity", unit="window", disable=not progress):
         ids = ids[None].to(device)
         logits = model(input_ids=ids).logits[0, :-1].float()
@@ -77,12 +83,13 @@ def perplexity(model, tokenizer, texts: list[str], window: int = 512, progress: 
             "window": window}
 
 
-def eval_ppl(model_ref=None, data_dir=None, window: int = 512, progress: bool = False) -> dict:
+def eval_ppl(model_ref=None, data_dir=None, window: int = 512, progress: bool = False,
+             max_tokens: int | None = None) -> dict:
     """Perplexity of a causal LM given by built-in name or folder (original or compressed) on
     the held-out text; the result names the model and the data."""
     tokenizer = load_tokenizer(model_ref)
     if tokenizer is None:
         raise MessiError(f"no tokenizer files with {model_ref}; save the tokenizer with the model")
     texts = held_out_texts(data_dir)
-    result = perplexity(load_pretrained(model_ref), tokenizer, texts, window, progress)
+    result = perplexity(load_pretrained(model_ref), tokenizer, texts, window, progress, max_tokens)
     return {**result, "data": DATA, "model": str(model_ref)}

@@ -223,11 +223,13 @@ def eval_ppl(
     model: Optional[str] = typer.Argument(..., help="A causal LM: folder (original or compressed) or gemma3-270m."),
     data_dir: Optional[Path] = DATA,
     window: int = typer.Option(512, "--window", help="Tokens per non-overlapping window (BOS first)."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Score only the first windows holding about "
+                                             "this many tokens (quicker, noisier); default all (about 32,000)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ):
     """Perplexity and next-token accuracy on held-out text (RTE dev + 250 QNLI dev rows; no
     calibration default reads them), deterministic."""
-    result = run_eval_ppl(model, data_dir, window, progress=not as_json)
+    result = run_eval_ppl(model, data_dir, window, progress=not as_json, max_tokens=max_tokens)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
