@@ -4,6 +4,8 @@ with float, int8 and 4-bit factors, on zero-shot STS-B dev (all-MiniLM-L6-v2).
     python benchmarks/bytes.py            # resumable; prints the table, writes results/bytes.json + .png
 
 Bytes are those the embedding stores, as a fraction of its fp32 table (30522 x 384 x 4 bytes):
+- torchao 0.18.0's `IntxWeightOnlyConfig` on the embedding (int8 per row, int4 in groups), bytes
+  as its tensor holds them, when torchao is installed (`pip install 'messi[bench]'`);
 - RTN: the full table quantized round-to-nearest, symmetric, fp16 scales (one per row, or per
   group of G numbers), dequantized for the forward pass (what int8 / GGUF / torchao weight-only
   schemes store);
@@ -54,6 +56,25 @@ def rtn_cell(model, tok, pooling, pairs, bits, group) -> dict:
             "table_bytes": n * d * 4, "spearman": score}
 
 
+def torchao_cell(model, tok, pooling, pairs, bits, group) -> dict:
+    """torchao's weight-only quantization of the embedding (``IntxWeightOnlyConfig``), bytes as
+    its tensor holds them (on CPU its int4 data is kept unpacked, one byte a value)."""
+    from torchao.quantization import IntxWeightOnlyConfig, quantize_
+    from torchao.quantization.granularity import PerAxis, PerGroup
+
+    m = copy.deepcopy(model)
+    emb = m.get_input_embeddings()
+    n, d = emb.weight.shape
+    config = IntxWeightOnlyConfig(weight_dtype=getattr(torch, f"int{bits}"),
+                                  granularity=PerAxis(0) if group is None else PerGroup(group))
+    quantize_(m, config, filter_fn=lambda module, fqn: module is emb)
+    w = emb.weight
+    stored = sum(getattr(w, name).numel() * getattr(w, name).element_size() for name in w.tensor_data_names)
+    score = sts_score(m, tok, pooling, pairs)["spearman"]
+    return {"kind": "torchao", "bits": bits, "group_size": group, "bytes": stored, "table_bytes": n * d * 4,
+            "spearman": score}
+
+
 def factor_cell(model, tok, pooling, pairs, data, method, storage, ratio=None, size=None) -> dict:
     m = copy.deepcopy(model)
     bits = storage if isinstance(storage, int) else None
@@ -93,6 +114,12 @@ def main() -> None:
                                         "spearman": sts_score(model, tok, pooling, pairs)["spearman"]})
     for bits, group in RTN:
         run(f"rtn|{bits}|{group}", lambda b=bits, g=group: rtn_cell(model, tok, pooling, pairs, b, g))
+    try:  # torchao 0.18.0 (pip install 'messi[bench]'), if it is installed
+        import torchao  # noqa: F401
+        for bits, group in ((8, None), (4, 32), (4, 128)):
+            run(f"torchao|{bits}|{group}", lambda b=bits, g=group: torchao_cell(model, tok, pooling, pairs, b, g))
+    except ImportError:
+        console.print("torchao is not installed: its rows are left out (pip install 'messi[bench]')")
     texts = read_all(list(DEFAULT_SOURCES))
     cal = calibrate(tok, list(DEFAULT_SOURCES), model.get_input_embeddings().num_embeddings, texts=texts)
     metric, cal.output_metric = output_metric(model, calibration_batches(tok, texts, max_texts=4000), pooling,
@@ -114,8 +141,8 @@ def rows(results: dict) -> list[dict]:
 
 
 def label(r: dict) -> str:
-    if r["kind"] == "RTN":
-        return f"RTN int{r['bits']}, " + ("one scale per row" if r["group_size"] is None else f"groups of {r['group_size']}")
+    if r["kind"] in ("RTN", "torchao"):
+        return f"{r['kind']} int{r['bits']}, " + ("one scale per row" if r["group_size"] is None else f"groups of {r['group_size']}")
     storage = {"fp16": "fp16 factors", "8": "int8 coords", "4": "4-bit coords (g32)"}.get(r["storage"], "")
     if r.get("size"):
         return f"{r['kind']} --size {r['size']} ({r['bits']}-bit coords, rank {r['rank']})"
@@ -141,7 +168,7 @@ def plot(results: dict, base: float) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     series = {}
     for r in rows(results):
-        name = "RTN (whole table)" if r["kind"] == "RTN" else (
+        name = "RTN (whole table)" if r["kind"] == "RTN" else "torchao weight-only" if r["kind"] == "torchao" else (
             f"{r['kind']} --size" if r.get("size") else f"{r['kind']}, {r['storage']}")
         series.setdefault(name, []).append((100 * r["bytes"] / r["table_bytes"], r["spearman"]))
     for name, points in series.items():

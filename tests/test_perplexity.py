@@ -92,3 +92,18 @@ def test_gemma_scaled_embedding_is_kept(tmp_path):
     again = messi.load(tmp_path / "g")
     with torch.no_grad():
         assert torch.equal(again(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def test_a_tied_lm_is_calibrated_with_the_head_side_metric():
+    from messi.calibration import output_metric
+
+    model = tiny_lm(tied=True)
+    batches = [{"input_ids": torch.tensor([[1, 5, 7, 9], [1, 3, 0, 0]]),
+                "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])}]
+    G, record = output_metric(model, batches)
+    with torch.no_grad():
+        h = model.model(**batches[0])[0][batches[0]["attention_mask"].bool()].double()
+    assert torch.allclose(G, h.T @ h / 6)
+    assert record["output"] == "tied LM head logits"
+    _, untied = output_metric(tiny_lm(tied=False), batches)
+    assert untied["output"] != "tied LM head logits"  # an untied table is felt through the model
