@@ -8,6 +8,7 @@ import torch
 import transformers
 
 import messi
+from conftest import resign
 from messi import CalibrationData, MessiError
 
 
@@ -281,6 +282,7 @@ def _rewrite_weights(folder, change):
     save_file(tensors, str(file), metadata=metadata)
     info = json.loads((folder / "messi.json").read_text())
     (folder / "messi.json").write_text(json.dumps({**info, "weights_sha256": sha256_file(file)}))
+    resign(folder)
 
 
 @pytest.mark.slow

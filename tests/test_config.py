@@ -32,7 +32,6 @@ def tiny(vocab=64):
     (dict(init_size=0), ["init_size"]),
     (dict(rank=4, target="all"), ["rank is chosen per layer"]),
     (dict(bits=None, group_size=32), ["group_size needs bits"]),
-    (dict(bits=8, target="all"), ["target embedding only"]),
     (dict(size=1.0), ["size"]),
     (dict(size=0.1, target="linear"), ["size chooses the rank"]),
 ])

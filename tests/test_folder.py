@@ -10,7 +10,7 @@ import torch
 import transformers
 
 import messi
-from conftest import svd_projection
+from conftest import resign, svd_projection
 from messi import CalibrationData, MessiError
 from messi.io import atomic_dir, clean_stale
 
@@ -36,6 +36,7 @@ def edit_info(folder, **changes):
         else:
             info[key] = value
     (folder / "messi.json").write_text(json.dumps(info))
+    resign(folder)
 
 
 @pytest.mark.parametrize("changes, words", [
@@ -73,6 +74,7 @@ def test_config_vocab_must_match(folder):
     cfg = json.loads((folder / "config.json").read_text())
     cfg["base_config"]["vocab_size"] = 61
     (folder / "config.json").write_text(json.dumps(cfg))
+    resign(folder)
     with pytest.raises(MessiError, match="vocab_size") as caught:
         messi.load(folder)
     assert str(folder) in str(caught.value)  # the message names the folder
@@ -214,6 +216,7 @@ def test_a_folder_whose_model_lacks_a_named_layer_is_one_clear_error(tmp_path):
     cfg = json.loads((path / "config.json").read_text())
     cfg["base_config"]["num_hidden_layers"] = 0  # the saved layers no longer exist in the model it builds
     (path / "config.json").write_text(json.dumps(cfg))
+    resign(path)
     with pytest.raises(MessiError, match="names the layer encoder.layer.0.attention.self.query, which BertModel "
                                          "does not have as an nn.Linear"):
         messi.load(path)
@@ -397,8 +400,11 @@ def test_save_never_replaces_a_folder_that_appears_while_it_writes(tmp_path, mon
 
 def test_save_writes_the_tokenizer_it_is_given(tmp_path):
     tok = messi.load_tokenizer("minilm")
-    path = messi.save(messi.compress(tiny_model(), method="svd", ratio=0.4), tmp_path / "m", tokenizer=tok)
+    path = messi.save(messi.compress(tiny_model(vocab=30522), method="svd", ratio=0.4), tmp_path / "m", tokenizer=tok)
     assert messi.load_tokenizer(path)("a cat")["input_ids"] == tok("a cat")["input_ids"]
+    small = messi.save(messi.compress(tiny_model(), method="svd", ratio=0.4), tmp_path / "s", tokenizer=tok)
+    with pytest.raises(MessiError, match="has 30,522 tokens but the table 60 rows"):
+        messi.load_tokenizer(small)  # ids past the table: refused, not an IndexError later
 
 
 def test_remote_code_named_by_a_folder_never_runs_in_process(folder, tmp_path):
@@ -407,6 +413,7 @@ def test_remote_code_named_by_a_folder_never_runs_in_process(folder, tmp_path):
     cfg = json.loads((folder / "config.json").read_text())
     cfg["auto_map"] = {"AutoConfig": "evil.Config", "AutoTokenizer": ["evil.Tokenizer", None]}
     (folder / "config.json").write_text(json.dumps(cfg))
+    resign(folder)  # a crafted folder whose manifest matches: its code must still never run
     messi.load(folder)
     messi.load_tokenizer(folder)
     assert not marker.exists()

@@ -13,7 +13,7 @@ import transformers
 from torch import nn
 
 import messi
-from conftest import svd_projection
+from conftest import resign, svd_projection
 from messi import CalibrationData, MessiError
 from messi.datasets import find_data_dir
 from messi.factorize import relative_error
@@ -204,11 +204,13 @@ def test_a_damaged_linear_entry_is_reported(tmp_path):
     info = json.loads((tmp_path / "m" / "messi.json").read_text())
     info["linear_layers"][0]["rank"] += 1
     (tmp_path / "m" / "messi.json").write_text(json.dumps(info))
+    resign(tmp_path / "m")
     with pytest.raises(MessiError, match="has shape"):
         messi.load(tmp_path / "m")
     info["linear_layers"][0]["rank"] -= 1
     info["linear_layers"][0]["name"] = "encoder.layer.9.output.dense"
     (tmp_path / "m" / "messi.json").write_text(json.dumps(info))
+    resign(tmp_path / "m")
     with pytest.raises(MessiError, match="encoder.layer.9.output.dense"):
         messi.load(tmp_path / "m")
 
@@ -460,12 +462,12 @@ def test_each_layer_is_fitted_to_its_inputs_in_the_model_as_compressed_so_far(mo
     compress_module = sys.modules["messi.layerwise"]
     real, checked = compress_module._fit_linear_target, []
 
-    def spy(model, name, lin, rank, method, k, search, moments, settings):
+    def spy(model, name, lin, rank, method, k, search, moments, settings, *storage):
         if rank is not None:
             want = input_moments(model, batches(), [name])[name]
             assert torch.allclose(moments, want, rtol=1e-6, atol=1e-9), name
             checked.append(name)
-        return real(model, name, lin, rank, method, k, search, moments, settings)
+        return real(model, name, lin, rank, method, k, search, moments, settings, *storage)
 
     monkeypatch.setattr(compress_module, "_fit_linear_target", spy)
     messi.compress(tiny("bert"), method="svd", ratio=0.5, target="linear", calibration=CalibrationData(inputs=batches()))
@@ -581,7 +583,7 @@ def test_a_layer_kept_dense_is_recorded_as_dense_and_left_alone():
     assert model[0] is lin
     assert entry == {"name": "0", "in_features": 16, "out_features": 24, "bias": True, "params_before": 384,
                      "method": "dense", "k": 0, "rank": 0, "orientation": "rows", "params_after": 384,
-                     "rel_error": 0.0}
+                     "rel_error": 0.0, "bytes_before": 4 * (384 + 24), "bytes_after": 4 * (384 + 24)}
 
 
 def test_each_layer_is_searched_in_the_orientations_that_can_pay(monkeypatch):

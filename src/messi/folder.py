@@ -230,6 +230,9 @@ def verify_manifest(info: dict, path: Path, skip: tuple[str, ...] = (WEIGHTS_NAM
 def check_replaceable(path: Path) -> bool:
     """For ``--overwrite``: the folder holds exactly the files messi wrote (its manifest and
     messi.json); MessiError naming the first other file, or saying it has no manifest."""
+    if not (path / CONFIG_NAME).is_file():
+        raise MessiError(f"{path} was not written by messi (no messi.json); --overwrite refuses to delete it. "
+                         "Choose another folder")
     info = read_info(path)
     files = info.get(FILES_KEY)
     if not isinstance(files, dict):
