@@ -97,10 +97,17 @@ def factor_cell(model, tok, pooling, pairs, data, method, storage, ratio=None, s
 
 
 def main() -> None:
+    import argparse
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default=None, help="built-in name or folder (default the built-in all-MiniLM-L6-v2)")
+    p.add_argument("--sizes", default=",".join(map(str, SIZES)), help="--size points, comma-separated")
+    p.add_argument("--quick", action="store_true", help="only RTN int4/int2 and the --size cells (paper-scale model)")
+    args = p.parse_args()
     console = Console()
-    out = RESULTS / "bytes.json"
+    out = RESULTS / ("bytes.json" if args.model is None else f"bytes_{Path(args.model).name}.json")
     results = load_results(out)
-    model, tok, folder = load_pretrained(), load_tokenizer(), resolve_model(None)
+    model, tok, folder = load_pretrained(args.model), load_tokenizer(args.model), resolve_model(args.model)
     pooling, pairs = read_pooling(folder), sts_pairs("dev")
 
     def run(key, fn):
@@ -112,9 +119,11 @@ def main() -> None:
 
     base = run("uncompressed", lambda: {"kind": "fp32", "bytes": 1, "table_bytes": 1,
                                         "spearman": sts_score(model, tok, pooling, pairs)["spearman"]})
-    for bits, group in RTN:
+    for bits, group in (((4, 128), (2, 32)) if args.quick else RTN):
         run(f"rtn|{bits}|{group}", lambda b=bits, g=group: rtn_cell(model, tok, pooling, pairs, b, g))
     try:  # torchao 0.18.0 (pip install 'messi[bench]'), if it is installed
+        if args.quick:
+            raise ImportError("left out with --quick")
         import torchao  # noqa: F401
         for bits, group in ((8, None), (4, 32), (4, 128)):
             run(f"torchao|{bits}|{group}", lambda b=bits, g=group: torchao_cell(model, tok, pooling, pairs, b, g))
@@ -126,14 +135,14 @@ def main() -> None:
                                               progress=True)
     data = CalibrationData(row_weights=cal.weights, embedding_metric=metric, record=cal.record())
     for method in ("svd", "messi"):
-        for storage in ("fp16", 8, 4):
+        for storage in (() if args.quick else ("fp16", 8, 4)):
             run(f"{method}|{storage}|{RATIO}", lambda m=method, s=storage: factor_cell(
                 model, tok, pooling, pairs, data, m, s, ratio=RATIO))
-        for size in SIZES:
+        for size in map(float, args.sizes.split(",")):
             run(f"{method}|size|{size}", lambda m=method, s=size: factor_cell(model, tok, pooling, pairs, data, m,
                                                                              "auto", size=s))
     print_table(console, results, base["spearman"])
-    plot(results, base["spearman"])
+    plot(results, base["spearman"], out.with_suffix(".png"))
 
 
 def rows(results: dict) -> list[dict]:
@@ -150,7 +159,7 @@ def label(r: dict) -> str:
 
 
 def print_table(console, results: dict, base: float) -> None:
-    table = Table(title=f"all-MiniLM-L6-v2 embedding: zero-shot STS-B dev vs bytes (uncompressed {base:.2f})")
+    table = Table(title=f"embedding: zero-shot STS-B dev vs bytes (uncompressed {base:.2f})")
     for col in ("table stored as", "bytes (% of fp32 table)", "STS-B", "change"):
         table.add_column(col)
     for r in rows(results):
@@ -159,7 +168,7 @@ def print_table(console, results: dict, base: float) -> None:
     console.print(table)
 
 
-def plot(results: dict, base: float) -> None:
+def plot(results: dict, base: float, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -179,7 +188,7 @@ def plot(results: dict, base: float) -> None:
     ax.set_xlabel("embedding bytes, % of the fp32 table (log)")
     ax.set_ylabel("zero-shot STS-B dev Spearman x 100")
     ax.legend(fontsize=7)
-    save_png(fig, RESULTS / "bytes.png")
+    save_png(fig, path)
 
 
 if __name__ == "__main__":
