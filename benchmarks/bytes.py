@@ -128,7 +128,7 @@ def main() -> None:
         for bits, group in ((8, None), (4, 32), (4, 128)):
             run(f"torchao|{bits}|{group}", lambda b=bits, g=group: torchao_cell(model, tok, pooling, pairs, b, g))
     except ImportError:
-        console.print("torchao is not installed: its rows are left out (pip install 'messi[bench]')")
+        console.print("torchao is not installed: its rows are left out (pip install 'messi[bench]')", markup=False)
     texts = read_all(list(DEFAULT_SOURCES))
     cal = calibrate(tok, list(DEFAULT_SOURCES), model.get_input_embeddings().num_embeddings, texts=texts)
     metric, cal.output_metric = output_metric(model, calibration_batches(tok, texts, max_texts=4000), pooling,

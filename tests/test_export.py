@@ -72,3 +72,18 @@ def test_other_formats_and_a_missing_extra_are_one_line(tiny_folder, monkeypatch
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the extra were not installed
     result = CliRunner().invoke(app, ["export", str(tiny_folder)])
     assert result.exit_code == 2 and "pip install 'messi[onnx]'" in result.output
+
+
+def test_a_causal_lm_exports_its_logits_with_the_tied_head_factored(tmp_path):
+    import onnx
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+    model = messi.compress(transformers.LlamaForCausalLM(cfg).eval(), method="messi", k=3, ratio=0.5, bits=4,
+                           n_init=1, max_iter=5)
+    messi.save(model, tmp_path / "lm", tokenizer=messi.load_tokenizer())
+    info = messi.export.export_onnx(tmp_path / "lm", tmp_path / "lm_onnx")
+    assert (info["output"], info["family"]) == ("logits", "causal-lm") and info["check"]["max_abs_diff"] < 1e-4
+    names = {i.name for i in onnx.load(str(tmp_path / "lm_onnx" / "model.onnx")).graph.initializer}
+    assert not any(n.endswith(("embed_tokens.weight", "lm_head.weight")) for n in names)  # no dense table
