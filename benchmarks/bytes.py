@@ -20,7 +20,6 @@ Every score is Spearman x 100 on the 1,500 STS-B dev pairs; nothing here was cho
 from __future__ import annotations
 
 import copy
-import json
 import time
 from pathlib import Path
 
@@ -28,10 +27,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from cells import Cells
 from messi import CalibrationData, CompressionConfig, compress, load_pretrained, load_tokenizer, resolve_model
 from messi.calibration import DEFAULT_SOURCES, calibrate, calibration_batches, output_metric, read_all
 from messi.evaluate import read_pooling, sts_pairs, sts_score
-from messi.io import save_png, write_json
+from messi.io import save_png
 from messi.quantize import quantized_bytes, round_trip
 
 RESULTS = Path(__file__).parent / "results"
@@ -39,10 +39,6 @@ RTN = [(8, None), (4, 128), (4, 32), (3, 32), (2, 32), (2, 16)]
 RATIO = 0.82  # about "-80%": the parameter ratio the README's STS table reports
 SIZES = (0.05, 0.04, 0.03, 0.025, 0.02, 0.015)
 K = 5
-
-
-def load_results(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def rtn_cell(model, tok, pooling, pairs, bits, group) -> dict:
@@ -106,16 +102,12 @@ def main() -> None:
     args = p.parse_args()
     console = Console()
     out = RESULTS / ("bytes.json" if args.model is None else f"bytes_{Path(args.model).name}.json")
-    results = load_results(out)
+    cells = Cells(out, console)
+    results = cells.results
     model, tok, folder = load_pretrained(args.model), load_tokenizer(args.model), resolve_model(args.model)
     pooling, pairs = read_pooling(folder), sts_pairs("dev")
 
-    def run(key, fn):
-        if key not in results:
-            console.print(f"[bold]{key}[/bold]")
-            results[key] = fn()
-            write_json(out, results)
-        return results[key]
+    run = cells.run
 
     base = run("uncompressed", lambda: {"kind": "fp32", "bytes": 1, "table_bytes": 1,
                                         "spearman": sts_score(model, tok, pooling, pairs)["spearman"]})

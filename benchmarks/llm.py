@@ -14,7 +14,6 @@ process's peak RSS after each fit.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import time
 from pathlib import Path
@@ -23,9 +22,10 @@ from rich.console import Console
 from rich.table import Table
 
 import messi
+from cells import Cells
 from messi import CalibrationData, CompressionConfig
 from messi.calibration import DEFAULT_SOURCES, calibrate, calibration_batches, output_metric, read_all
-from messi.io import save_png, write_json
+from messi.io import save_png
 from messi.perplexity import held_out_texts, perplexity
 
 RESULTS = Path(__file__).parent / "results"
@@ -44,18 +44,14 @@ def main() -> None:
     p.add_argument("--methods", default="svd,messi")
     args = p.parse_args()
     console, out = Console(), RESULTS / "llm.json"
-    results = json.loads(out.read_text()) if out.is_file() else {}
+    cells = Cells(out, console)
+    results = cells.results
     tok, texts = messi.load_tokenizer(MODEL), held_out_texts()
 
     def score(model) -> dict:
         return perplexity(model, tok, texts, max_tokens=args.max_tokens, progress=True)
 
-    def run(key, fn):
-        if key not in results:
-            console.print(f"[bold]{key}[/bold]")
-            results[key] = fn()
-            write_json(out, results)
-        return results[key]
+    run = cells.run
 
     run(f"uncompressed|{args.max_tokens}", lambda: score(messi.load_pretrained(MODEL)))
     data = None
