@@ -140,3 +140,40 @@ def test_nan_embeddings_are_an_error_not_a_score(tmp_path):
         model.get_input_embeddings().weight[:] = float("nan")
     with pytest.raises(MessiError, match="NaN"):
         sts_score(model, messi.load_tokenizer(), read_pooling(None), sts_pairs("dev", limit=10))
+
+
+def test_pipes_folders_and_byte_order_marks_as_calibration(tmp_path):
+    from messi.calibration import read_texts
+
+    with pytest.raises(MessiError, match="is a folder"):
+        read_texts(str(tmp_path))
+    fifo = tmp_path / "pipe.txt"
+    os.mkfifo(fifo)
+    with pytest.raises(MessiError, match="not a regular file"):
+        read_texts(str(fifo))
+    csv = tmp_path / "excel.csv"
+    csv.write_bytes("\ufefftext,label\nhello there,1\n".encode("utf-8"))
+    assert read_texts(str(csv)) == ["hello there"]  # the BOM is not part of the column name
+    txt = tmp_path / "notepad.txt"
+    txt.write_bytes("\ufefffirst line\nsecond\n".encode("utf-8"))
+    assert read_texts(str(txt)) == ["first line", "second"]
+
+
+def test_a_config_json_that_is_a_pipe_is_refused_not_read(folder):
+    path, _ = folder
+    (path / "config.json").unlink()
+    os.mkfifo(path / "config.json")
+    with pytest.raises(MessiError, match="config.json"):
+        messi.load(path)
+
+
+def test_meta_models_and_ids_past_the_table_are_clear_errors():
+    cfg = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=32)
+    with torch.device("meta"):
+        meta = transformers.BertModel(cfg)
+    with pytest.raises(MessiError, match="meta device"):
+        messi.compress(meta, method="svd", ratio=0.5)
+    model = messi.compress(transformers.BertModel(cfg).eval(), method="svd", ratio=0.5)
+    with pytest.raises(IndexError, match=r"token ids must be in \[0, 50\), got 0..77"):
+        model.get_input_embeddings()(torch.tensor([[0, 77]]))

@@ -54,6 +54,9 @@ def compress(model: nn.Module, config: CompressionConfig | None = None, calibrat
     """
     config = _resolve_config(config, fields)
     calibration = _check_calibration(calibration)
+    if any(p.is_meta for p in model.parameters()):
+        raise MessiError("the model's weights are on the meta device (not loaded); load the model with its "
+                         "weights before compressing it")
     settings = {**config.clustering_settings(), "verbose": verbose}
     target, method, k = config.target, config.method, config.k
     params_before, bytes_before = _count_params(model), _count_bytes(model)

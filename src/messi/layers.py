@@ -118,6 +118,9 @@ class _LowRankEmbedding(CoordinateStorage):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Embeddings (..., d) of ``input_ids`` (...) of any shape."""
         flat = input_ids.reshape(-1)
+        if not torch.compiler.is_compiling() and flat.numel() and not (0 <= int(flat.min()) and int(flat.max()) < self.num_embeddings):
+            raise IndexError(f"token ids must be in [0, {self.num_embeddings}), got {int(flat.min())}..{int(flat.max())}; "
+                             "the tokenizer does not match this model's table")
         out = self._lookup(flat)
         if self.padding_idx is not None:
             pad = (flat == self.padding_idx)[:, None]

@@ -163,6 +163,8 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None) -> n
     info = read_info(path)
     check_weights(info, path)
     weights = path / WEIGHTS_NAME
+    if not (path / "config.json").is_file():  # not a pipe or a device: reading one would hang
+        raise MessiError(f"{path}/config.json is missing or not a regular file; re-run `messi compress`")
     try:
         config = transformers.AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
         if isinstance(config, MessiConfig):

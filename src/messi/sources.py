@@ -26,7 +26,7 @@ def _read_glue(task_name: str, data_dir) -> list[str]:
 def _read_table(path: Path, column: str) -> list[str]:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f, delimiter=delimiter)
         if reader.fieldnames is None or column not in reader.fieldnames:
             raise MessiError(f"{path} has no column {column!r} (columns: {', '.join(reader.fieldnames or [])}); "
@@ -36,7 +36,7 @@ def _read_table(path: Path, column: str) -> list[str]:
 
 def _read_jsonl(path: Path, column: str) -> list[str]:
     texts = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -59,6 +59,11 @@ def read_texts(source: str, data_dir=None, text_column: str = "text") -> list[st
         texts = _read_glue(source[len("glue:"):], data_dir)
     else:
         path = Path(source).expanduser()
+        if path.is_dir():
+            raise MessiError(f"calibration source {path} is a folder; give a text/.jsonl/.csv file in it or glue:TASK")
+        if path.exists() and not path.is_file():
+            raise MessiError(f"calibration source {path} is not a regular file (a pipe or a device); "
+                             "give a text/.jsonl/.csv file or glue:TASK")
         if not path.is_file():
             raise MessiError(f"calibration file {path} does not exist; give a text/.jsonl/.csv file or glue:TASK")
         suffix = path.suffix.lower()
@@ -68,7 +73,7 @@ def read_texts(source: str, data_dir=None, text_column: str = "text") -> list[st
             elif suffix in (".csv", ".tsv"):
                 texts = _read_table(path, text_column)
             else:
-                texts = path.read_text(encoding="utf-8").splitlines()
+                texts = path.read_text(encoding="utf-8-sig").splitlines()
         except UnicodeDecodeError as e:
             raise MessiError(f"{path} is not UTF-8 text (byte {e.start}); convert it to UTF-8") from e
     texts = [t for t in texts if t.strip()]
