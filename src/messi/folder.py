@@ -183,10 +183,15 @@ def _no_constant(name: str):
 FILES_KEY, SELF_KEY = "files", "messi_json_sha256"
 
 
+def _folder_paths(path: Path) -> dict[str, Path]:
+    """Every regular file under ``path`` but messi.json, by relative POSIX path."""
+    return {p.relative_to(path).as_posix(): p for p in sorted(path.rglob("*"))
+            if p.is_file() and not p.is_symlink() and p.relative_to(path).as_posix() != CONFIG_NAME}
+
+
 def folder_files(path: Path) -> dict[str, str]:
     """sha256 of every regular file under ``path`` but messi.json, by relative POSIX path."""
-    return {p.relative_to(path).as_posix(): sha256_file(p) for p in sorted(path.rglob("*"))
-            if p.is_file() and not p.is_symlink() and p.relative_to(path).as_posix() != CONFIG_NAME}
+    return {name: sha256_file(p) for name, p in _folder_paths(path).items()}
 
 
 def info_digest(info: dict) -> str:
@@ -196,8 +201,12 @@ def info_digest(info: dict) -> str:
 
 
 def with_manifest(info: dict, path: Path) -> dict:
-    """``info`` plus the manifest of the folder ``path`` as it is now (``save`` calls it last)."""
-    info = {**info, FILES_KEY: folder_files(path)}
+    """``info`` plus the manifest of the folder ``path`` as it is now (``save`` calls it last);
+    ``weights_sha256``, unless given, is the manifest's own digest of model.safetensors (each file
+    hashed once)."""
+    files = folder_files(path)
+    weights = {"weights_sha256": files[WEIGHTS_NAME]} if WEIGHTS_NAME in files else {}
+    info = {**weights, **info, FILES_KEY: files}
     return {**info, SELF_KEY: info_digest(info)}
 
 
@@ -238,7 +247,7 @@ def check_replaceable(path: Path) -> bool:
     if not isinstance(files, dict):
         raise MessiError(f"{path} was written by an older messi without a file list; --overwrite cannot tell "
                          "your files from its own. Delete it yourself or choose another folder")
-    present = set(folder_files(path)) | {CONFIG_NAME}
+    present = set(_folder_paths(path)) | {CONFIG_NAME}  # names only: nothing needs hashing here
     others = sorted(present - set(files) - {CONFIG_NAME}) + sorted(
         p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_symlink())
     if others:

@@ -29,7 +29,6 @@ from .folder import (
     check_weights,
     embedding_info,
     read_info,
-    sha256_file,
     with_manifest,
 )
 from .hf_config import MessiConfig
@@ -101,8 +100,7 @@ def save(model: nn.Module, path: str | os.PathLike, tokenizer=None, extra: dict 
             copy_sentence_transformers_files(Path(source), tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        record = {**info, **(extra or {}), "weights_sha256": sha256_file(tmp / WEIGHTS_NAME)}
-        write_json(tmp / CONFIG_NAME, with_manifest(record, tmp))
+        write_json(tmp / CONFIG_NAME, with_manifest({**info, **(extra or {})}, tmp))
     return path
 
 
