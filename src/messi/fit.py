@@ -55,17 +55,17 @@ def fit_embedding_to_size(model, emb, config, weights, settings, metric=None) ->
         if rank < 1:
             continue
         factors = factorize(A, config.method, config.k, rank, weights, metric, **settings)
-        layer = _embedding_layer(factors, emb, config.method)
-        _quantize_layer(layer, A, factors.labels, bits, g, weights, metric)
+        layer, storage = _stored_layer(factors, emb, config.method, bits, g, weights, metric)
         with torch.no_grad():
             err = relative_error(A, layer.weight, weights, metric)
-        candidates.append({"bits": bits, "group_size": g, "rank": rank, "error": err, "factors": factors})
+        candidates.append({"bits": bits, "group_size": g, "rank": rank, "error": err, "layer": layer,
+                           "storage": storage})
     if not candidates:
         raise MessiError(f"no rank fits {config.size:.2%} of the table's bytes with k={config.k}; "
                          "give a larger --size or a smaller --k")
-    best = min(candidates, key=lambda c: c["error"])
-    record = install_embedding_factors(model, emb, best["factors"], config.method, config.k, best["rank"], weights,
-                                       metric, best["bits"], best["group_size"])
+    best = min(candidates, key=lambda c: c["error"])  # installed as fitted and quantized: no second pass
+    record = _install_layer(model, emb, best["layer"], config.method, config.k, best["rank"], weights, metric,
+                            best["storage"])
     record["size"] = config.size
     record["size_candidates"] = [{key: c[key] for key in ("bits", "group_size", "rank", "error")} for c in candidates]
     return record
@@ -74,12 +74,25 @@ def fit_embedding_to_size(model, emb, config, weights, settings, metric=None) ->
 def install_embedding_factors(model, emb, factors, method, k, rank, weights, metric=None, bits=None,
                               group_size=None) -> dict:
     """Swap in the factored embedding holding ``factors`` (and the tied head); its messi.json fields."""
-    A = emb.weight.detach()
+    layer, storage = _stored_layer(factors, emb, method, bits, group_size, weights, metric)
+    return _install_layer(model, emb, layer, method, k, rank, weights, metric, storage)
+
+
+def _stored_layer(factors, emb, method, bits, group_size, weights, metric):
+    """The factored embedding of ``factors``, its coordinates quantized to ``bits`` (None: kept
+    float), and the storage's messi.json fields."""
     layer = _embedding_layer(factors, emb, method)
-    storage = {} if bits is None else _quantize_layer(layer, A, factors.labels, bits, group_size, weights, metric)
+    if bits is None:
+        return layer, {}
+    return layer, _quantize_layer(layer, emb.weight.detach(), factors.labels, bits, group_size, weights, metric)
+
+
+def _install_layer(model, emb, layer, method, k, rank, weights, metric, storage) -> dict:
+    """Put ``layer`` in for ``emb`` (and the tied head); its messi.json fields."""
     tied = is_tied(model, emb)
     install_embedding(model, layer, tied)
-    return {**_embedding_record(A, layer, method, k, rank, weights, emb.padding_idx, tied, metric), **storage}
+    return {**_embedding_record(emb.weight.detach(), layer, method, k, rank, weights, emb.padding_idx, tied, metric),
+            **storage}
 
 
 def _quantize_layer(layer, A, labels, bits, group_size, weights, metric, error_of=None) -> dict:
