@@ -117,17 +117,23 @@ class _LowRankEmbedding(CoordinateStorage):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Embeddings (..., d) of ``input_ids`` (...) of any shape."""
-        flat = input_ids.reshape(-1)
-        if not torch.compiler.is_compiling() and flat.numel() and not (0 <= int(flat.min()) and int(flat.max()) < self.num_embeddings):
-            raise IndexError(f"token ids must be in [0, {self.num_embeddings}), got {int(flat.min())}..{int(flat.max())}; "
-                             "the tokenizer does not match this model's table")
+        out = self._rows(input_ids.reshape(-1))
+        if self.embed_scale is not None:  # the family's scale of looked-up rows (Gemma: sqrt(d)); not the head's
+            out = out * torch.tensor(self.embed_scale, dtype=out.dtype)
+        return out.reshape(*input_ids.shape, self.embedding_dim)
+
+    def _rows(self, flat: torch.Tensor) -> torch.Tensor:
+        """Rows (m, d) of the table itself for the ids ``flat`` (m,), the padding row exact."""
+        if not torch.compiler.is_compiling() and flat.numel():
+            low, high = (int(x) for x in torch.aminmax(flat))  # one pass, one sync
+            if low < 0 or high >= self.num_embeddings:
+                raise IndexError(f"token ids must be in [0, {self.num_embeddings}), got {low}..{high}; "
+                                 "the tokenizer does not match this model's table")
         out = self._lookup(flat)
         if self.padding_idx is not None:
             pad = (flat == self.padding_idx)[:, None]
             out = torch.where(pad, self.padding_vector.to(out.dtype), out)
-        if self.embed_scale is not None:  # the family's scale of looked-up rows (Gemma: sqrt(d)); not the head's
-            out = out * torch.tensor(self.embed_scale, dtype=out.dtype)
-        return out.reshape(*input_ids.shape, self.embedding_dim)
+        return out
 
     def attend(self, hidden: torch.Tensor) -> torch.Tensor:
         """Scores ``hidden @ weight.T``: (..., d) -> (..., n), without the (n, d) table."""
@@ -140,11 +146,7 @@ class _LowRankEmbedding(CoordinateStorage):
     @property
     def weight(self) -> torch.Tensor:
         """The full table (n, d), rebuilt on each access (differentiable)."""
-        scale, self.embed_scale = self.embed_scale, None  # the table itself, as the tied head reads it
-        try:
-            return self.forward(torch.arange(self.num_embeddings, device=self.device))
-        finally:
-            self.embed_scale = scale
+        return self._rows(torch.arange(self.num_embeddings, device=self.device))  # unscaled: as the head reads it
 
     def num_factor_parameters(self) -> int:
         """Numbers stored: coordinates plus bases (quantized coordinates count as numbers)."""
