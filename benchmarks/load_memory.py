@@ -1,6 +1,7 @@
 """Peak memory of loading a model: the original against its compressed folders.
 
-Each load runs in a fresh process (peak RSS from getrusage, after the load and again after one
+Each load runs in a fresh process (compressed folders twice: read into memory the model owns,
+messi.load's default, and mapped with ``mmap=True``) (peak RSS from getrusage, after the load and again after one
 batch through the model), side by side in one run:
 
     python benchmarks/load_memory.py                 # all-MiniLM-L6-v2
@@ -27,7 +28,10 @@ CHILD = """
 import json, resource, sys, time
 import torch, messi
 start = time.perf_counter()
-model = messi.load(sys.argv[2]) if sys.argv[1] == "messi" else messi.load_pretrained(sys.argv[2])
+if sys.argv[1] == "original":
+    model = messi.load_pretrained(sys.argv[2])
+else:  # "messi": read into memory the model owns (the default); "mmap": mapped copy-on-write
+    model = messi.load(sys.argv[2], mmap=sys.argv[1] == "mmap")
 seconds = time.perf_counter() - start
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 params = sum(p.numel() for p in model.parameters())
@@ -72,6 +76,7 @@ def main() -> None:
                                 method, "--ratio", str(ratio), "--k", "5", "--n-init", "1", "--max-iter", "5",
                                 str(folder)], capture_output=True, check=True)
                 rows.append({"model": f"{method} {ratio:.0%}", **measure("messi", str(folder))})
+                rows.append({"model": f"{method} {ratio:.0%}, mmap=True", **measure("mmap", str(folder))})
     table = Table(title=f"peak RSS of loading ({args.model})")
     for col in ("model", "params", "peak RSS MB (load)", "vs original", "peak RSS MB (+ one batch)",
                 "vs original", "load s"):

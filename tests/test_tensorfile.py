@@ -55,8 +55,8 @@ def test_safetensors_reads_the_aligned_file(tmp_path):
 def test_every_tensor_is_mapped_at_an_aligned_address(tmp_path):
     tensors, file = _mixed(), tmp_path / "w.safetensors"
     save_aligned(tensors, file, {"format": "pt"})
-    loaded, metadata = load_tensors(file)
-    assert metadata == {"format": "pt"}
+    loaded, metadata, digest = load_tensors(file, mmap=True)
+    assert metadata == {"format": "pt"} and digest is None  # mapped: the caller hashes the file
     _assert_same(loaded, tensors)
     size = file.stat().st_size
     for name, t in loaded.items():
@@ -68,7 +68,7 @@ def test_writing_to_a_loaded_tensor_never_changes_the_file(tmp_path):
     file = tmp_path / "w.safetensors"
     save_aligned({"a": torch.ones(1000), "b": torch.arange(5)}, file, {})
     before = sha256_file(file)
-    loaded, _ = load_tensors(file)
+    loaded, _, _ = load_tensors(file, mmap=True)
     loaded["a"].add_(1)
     loaded["b"].zero_()
     assert torch.equal(loaded["a"], torch.full((1000,), 2.0))
@@ -81,11 +81,32 @@ def test_files_written_by_safetensors_are_copied_into_aligned_memory(tmp_path):
     tensors = {k: v.contiguous() for k, v in _mixed().items()}
     file = tmp_path / "plain.safetensors"
     save_file(tensors, str(file))
-    loaded, _ = load_tensors(file)
+    loaded, _, _ = load_tensors(file, mmap=True)
     _assert_same({k: loaded[k] for k in tensors}, tensors)
     assert all(t.data_ptr() % ALIGNMENT == 0 for t in loaded.values())
     # safetensors packs tensors back to back, so some start unaligned: those were copied
     assert any(t.untyped_storage().nbytes() != file.stat().st_size for t in loaded.values())
+
+
+def test_by_default_the_tensors_own_their_memory_and_the_digest_is_of_those_bytes(tmp_path):
+    tensors, file = _mixed(), tmp_path / "w.safetensors"
+    save_aligned(tensors, file, {})
+    loaded, _, digest = load_tensors(file)
+    assert digest == sha256_file(file)
+    _assert_same(loaded, tensors)
+    assert all(t.data_ptr() % ALIGNMENT == 0 for t in loaded.values())
+    file.write_bytes(bytes(file.stat().st_size))  # rewritten in place, then truncated
+    _assert_same(loaded, tensors)
+    file.write_bytes(b"")
+    _assert_same(loaded, tensors)
+
+
+def test_a_file_shorter_than_its_header_is_an_os_error(tmp_path):
+    file = tmp_path / "w.safetensors"
+    save_aligned({"a": torch.ones(100)}, file, {})
+    file.write_bytes(file.read_bytes()[:20])
+    with pytest.raises(OSError, match="shorter"):
+        load_tensors(file)
 
 
 def test_the_padding_names_are_reserved(tmp_path):
@@ -105,7 +126,7 @@ def test_any_tensors_round_trip(tmp_path_factory, specs):
     tensors = {f"n{i}": _tensor(dtype, tuple(shape), i) for i, (dtype, shape) in enumerate(specs)}
     file = tmp_path_factory.mktemp("rt") / "w.safetensors"
     save_aligned(tensors, file, {})
-    loaded, _ = load_tensors(file)
-    _assert_same(loaded, tensors)
+    for mmap in (False, True):
+        _assert_same(load_tensors(file, mmap=mmap)[0], tensors)
     assert (8 + int.from_bytes(file.read_bytes()[:8], "little")) % ALIGNMENT == 0
     _assert_same(_without_padding(load_file(str(file))), tensors)

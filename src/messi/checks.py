@@ -49,3 +49,26 @@ def seed(name: str, value) -> int:
 def optional_count(name: str, value) -> int | None:
     """None (no limit) or an int >= 1."""
     return None if value is None else integer(name, value, 1)
+
+
+#: Bounds on a config's sizes, checked before a model is built from it: real models stay far
+#: inside them (Gemma 3: 262,144 tokens, 32,768 positions), while a value beyond them makes
+#: transformers allocate buffers of that size (position ids, masks) before anything fails.
+MAX_CONFIG_SIZE, MAX_POSITIONS = 1 << 24, 1 << 21
+_SIZE_SUFFIXES = ("_size", "_embeddings", "_positions", "_layers", "_heads", "_dim", "n_ctx", "n_embd", "n_head",
+                  "n_layer", "window")
+
+
+def config_sizes(config: dict, where: str) -> None:
+    """MessiError if a size-like integer of ``config`` (a config's dict, nested ones included) is
+    negative, not an integer, or beyond what any real model has."""
+    for key, value in config.items():
+        if isinstance(value, dict):
+            config_sizes(value, where)
+            continue
+        if not (isinstance(key, str) and key.endswith(_SIZE_SUFFIXES)) or value is None or isinstance(value, (bool, list, str)):
+            continue
+        limit = MAX_POSITIONS if "position" in key or key in ("n_ctx", "n_positions") else MAX_CONFIG_SIZE
+        if not isinstance(value, int) or not 0 <= value <= limit:
+            raise MessiError(f"{where}: {key} is {value!r}, outside 0..{limit:,} (larger than any real model's); "
+                             "the config was edited or damaged")

@@ -24,7 +24,7 @@ from .factorize import check_rank, rank_for_ratio
 from .fit import fit_embedding, fit_embedding_to_size
 from .layers import CoordinateStorage
 from .layerwise import compress_layers
-from .targets import input_embedding
+from .targets import distinct_state, input_embedding
 from .version import __version__
 
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(CompressionConfig)}
@@ -59,7 +59,7 @@ def compress(model: nn.Module, config: CompressionConfig | None = None, calibrat
                          "weights before compressing it")
     settings = {**config.clustering_settings(), "verbose": verbose}
     target, method, k = config.target, config.method, config.k
-    params_before, bytes_before = _count_params(model), _count_bytes(model)
+    params_before, bytes_before = _count_params(model), model_bytes(model)
     emb = input_embedding(model) if target != "linear" else None
     weights = None if emb is None else check_sample_weight(calibration.row_weights, emb.num_embeddings)
     metric = None if emb is None else _check_metric(calibration.embedding_metric, emb.embedding_dim)
@@ -81,7 +81,7 @@ def compress(model: nn.Module, config: CompressionConfig | None = None, calibrat
         "init_size": config.init_size,
         "loss": config.loss if method == "messi" else "l2", "fit_seconds": time.perf_counter() - start,
         "model_params_before": params_before, "model_params_after": _count_params(model),
-        "model_bytes_before": bytes_before, "model_bytes_after": _count_bytes(model),
+        "model_bytes_before": bytes_before, "model_bytes_after": model_bytes(model),
         "model_class": type(model).__name__, "dtype": _dtype_name(_model_dtype(model)),
         "messi_version": __version__, "config": config.to_dict(),
     })
@@ -133,15 +133,9 @@ def _count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _count_bytes(model: nn.Module) -> int:
+def model_bytes(model: nn.Module) -> int:
     """Bytes of what a save writes: every distinct tensor of the state dict (a tied table once)."""
-    seen, total = set(), 0
-    for t in model.state_dict().values():
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
-        if key not in seen:
-            seen.add(key)
-            total += t.numel() * t.element_size()
-    return total
+    return sum(t.numel() * t.element_size() for t in distinct_state(model)[0].values())
 
 
 def _model_dtype(model: nn.Module) -> torch.dtype:

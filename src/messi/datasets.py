@@ -135,7 +135,9 @@ def read_split(task: Task | str, split: str, data_dir: str | os.PathLike | None 
     for line, text in _lines(path, strict, bad):
         if task.header and line == 1:
             continue
-        row = next(csv.reader([text], delimiter="\t", quoting=csv.QUOTE_NONE), [])
+        # a carriage return alone inside a row is whitespace in a sentence, not a row's end
+        # (csv would refuse it as a line break inside an unquoted field)
+        row = next(csv.reader([text.replace("\r", " ")], delimiter="\t", quoting=csv.QUOTE_NONE), [])
         try:
             if strict and task.columns is not None and len(row) != task.columns:
                 raise ValueError(f"{len(row)} columns, expected {task.columns}")

@@ -19,6 +19,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .errors import MessiError
+
 
 def world_size() -> int:
     """How many processes the launcher started (1 without a launcher)."""
@@ -93,6 +95,22 @@ def main_answers(question):
     """``question()`` asked on the main process only (e.g. "is this file there?", which only it
     may read), its JSON answer given to every process."""
     return broadcast_json(question() if is_main() else None)
+
+
+def main_checks(check) -> None:
+    """Run ``check()`` (which raises MessiError on bad input) on the main process only, and raise
+    its MessiError on every process: a refusal ends the whole run with the same one line, never
+    one process's error followed by the others' timeouts."""
+    def problem():
+        try:
+            check()
+        except MessiError as e:
+            return str(e)
+        return None
+
+    message = main_answers(problem)
+    if message is not None:
+        raise MessiError(message)
 
 
 def broadcast_module(module: nn.Module) -> nn.Module:

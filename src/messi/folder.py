@@ -265,9 +265,11 @@ def check_config(info: dict, config, path: Path) -> None:
                          "rows; the folder was edited or mixed up, re-run `messi compress`")
 
 
-def check_weights(info: dict, path: Path, verify_checksum: bool = True) -> None:
+def check_weights(info: dict, path: Path, verify_checksum: bool = True, hash_weights: bool = True) -> None:
     """The factored tensors in model.safetensors must have the shapes messi.json gives (read from
-    the header only), and the file's sha256 must be the one ``save`` recorded."""
+    the header only), the manifest's other files must be unchanged, and (``hash_weights``) the
+    file's sha256 must be the one ``save`` recorded; a loader that hashes the bytes it reads
+    passes False and checks them itself."""
     from safetensors import SafetensorError, safe_open
 
     weights = path / WEIGHTS_NAME
@@ -276,7 +278,7 @@ def check_weights(info: dict, path: Path, verify_checksum: bool = True) -> None:
     if verify_checksum:
         verify_manifest(info, path)
     digest = info.get("weights_sha256")
-    if verify_checksum and digest is not None and sha256_file(weights) != digest:
+    if verify_checksum and hash_weights and digest is not None and sha256_file(weights) != digest:
         raise MessiError(f"{weights} does not match the sha256 in messi.json: the file is damaged or was "
                          "changed; re-run `messi compress` or restore it")
     expected = _expected_shapes(info)

@@ -4,7 +4,9 @@ carries the original model's config. Registered with transformers by ``auto.py``
 from __future__ import annotations
 
 import transformers
+from huggingface_hub.errors import StrictDataclassError
 
+from .checks import config_sizes
 from .errors import MessiError
 
 
@@ -25,4 +27,9 @@ class MessiConfig(transformers.PretrainedConfig):
         if not isinstance(model_type, str) or model_type not in transformers.CONFIG_MAPPING:
             raise MessiError(f"config.json's base_config has model_type {model_type!r}, which this transformers "
                              "does not know; upgrade transformers or re-run `messi compress`")
-        return transformers.CONFIG_MAPPING[model_type].from_dict(data)
+        config_sizes(data, "config.json's base_config")  # before any size is used to allocate
+        try:
+            return transformers.CONFIG_MAPPING[model_type].from_dict(data)
+        except StrictDataclassError as e:  # transformers' own type checks of the fields
+            raise MessiError(f"config.json's base_config is invalid ({' '.join(str(e).split())}); the config was "
+                             "edited or damaged, re-run `messi compress`") from e

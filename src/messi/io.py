@@ -59,32 +59,41 @@ def _pid_alive(pid: int) -> bool:
 
 
 def clean_stale(path: str | os.PathLike) -> list[Path]:
-    """Remove temporary and ``.old`` siblings of ``path`` left by messi processes that died
-    (kill -9, power loss); those of live processes are left alone. Returns what was removed."""
+    """Tidy the temporary and ``.old`` siblings of ``path`` left by messi processes that died
+    (kill -9, power loss); those of live processes are left alone. A ``.old`` copy whose process
+    died between moving ``path`` aside and renaming the new one in, while ``path`` is still
+    missing, is the only copy: it is put back as ``path``, not deleted. Returns what was removed."""
     path = Path(path)
     removed = []
     if not path.parent.is_dir():
         return removed
     # only names messi makes: .NAME.old-PID and .NAME.PID.<random>.tmp
     pattern = re.compile(rf"^\.{re.escape(path.name)}\.(?:old-(\d+)|(\d+)\.[^.]+\.tmp)$")
-    for entry in path.parent.iterdir():
+    for entry in sorted(path.parent.iterdir()):
         m = pattern.match(entry.name)
         pid = int(m.group(1) or m.group(2)) if m else None
-        if pid is not None and pid != os.getpid() and not _pid_alive(pid):
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    entry.unlink()
-            removed.append(entry)
+        if pid is None or pid == os.getpid() or _pid_alive(pid):
+            continue
+        if m.group(1) and not (path.exists() or path.is_symlink()):
+            os.rename(entry, path)  # the kill fell between the two renames: the old output comes back
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+        removed.append(entry)
     return removed
 
 
 def check_writable_target(path: str | os.PathLike, replace: bool = False, is_ours=None) -> Path:
     """Check, before any work, that the folder ``path`` can be written: its parent can be
     created and written to, and ``path`` does not exist (or, with ``replace``, is a folder that
-    ``is_ours(path)`` says messi wrote). MessiError naming the problem and the fix otherwise."""
+    ``is_ours(path)`` says messi wrote). MessiError naming the problem and the fix otherwise.
+    A copy of ``path`` that a killed run had moved aside is put back first (``clean_stale``)."""
     path = Path(path)
+    clean_stale(path)
+    _check_name_length(path)
     if path.exists() or path.is_symlink():
         if not replace:
             raise MessiError(f"{path} already exists; choose another folder or pass --overwrite")
@@ -96,6 +105,42 @@ def check_writable_target(path: str | os.PathLike, replace: bool = False, is_our
                              "it. Choose another folder")
     _ensure_writable_folder(path.parent, path)
     return path
+
+
+def _check_name_length(path: Path) -> None:
+    """MessiError, before any work, if ``path``'s name or the temporary names made beside it
+    (``.NAME.PID.random.tmp``, ``.NAME.old-PID``) would be too long for its file system."""
+    parent = next((p for p in [path.parent, *path.parent.parents] if p.is_dir()), Path("."))
+    try:
+        limit = os.pathconf(parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    longest = len(os.fsencode(path.name)) + _TEMP_NAME_EXTRA
+    if longest > limit:
+        raise MessiError(f"the name {path.name[:40]}... ({len(os.fsencode(path.name))} bytes) is too long: messi "
+                         f"writes it under a temporary name {_TEMP_NAME_EXTRA} bytes longer, and this file system "
+                         f"allows {limit}. Choose a name of at most {limit - _TEMP_NAME_EXTRA} bytes")
+
+
+#: How much longer than NAME the temporary names are: "." + NAME + "." + pid (up to 10 digits)
+#: + "." + mkstemp's 8 random characters + ".tmp".
+_TEMP_NAME_EXTRA = 1 + 1 + 10 + 1 + 8 + 4
+
+
+def check_free_space(folder: str | os.PathLike, nbytes: int, what: str) -> None:
+    """MessiError, before any work, if writing ``nbytes`` under ``folder`` cannot succeed: less
+    free space than that on its file system, or a file-size limit (``ulimit -f``) below it."""
+    import resource
+
+    folder = next((p for p in [Path(folder), *Path(folder).parents] if p.is_dir()), Path("."))
+    free = shutil.disk_usage(folder).free
+    if free < nbytes:
+        raise MessiError(f"{what} needs about {nbytes / 1e6:,.0f} MB but {folder} has {free / 1e6:,.0f} MB free; "
+                         "free some space or choose another folder")
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and limit < nbytes:
+        raise MessiError(f"{what} writes a file of up to {nbytes / 1e6:,.0f} MB but the file-size limit (ulimit -f) "
+                         f"is {limit / 1e6:,.1f} MB; raise it (ulimit -f unlimited) or write less")
 
 
 def _refuse_precious(path: Path) -> None:

@@ -35,33 +35,31 @@ from .hf_config import MessiConfig
 from .io import atomic_dir, check_writable_target, write_json
 from .layers import CoordinateStorage, FactorizedEmbedding, ProjectiveEmbedding, _LowRankEmbedding
 from .stfolder import copy_sentence_transformers_files
-from .targets import empty_linear, input_embedding, install_embedding, install_linear
+from .targets import distinct_state, empty_linear, input_embedding, install_embedding, install_linear
 from .tensorfile import load_tensors, save_aligned
 
 
 def _save_weights(model: nn.Module, file: Path) -> None:
     """Write the state dict with safetensors; a tensor shared under several names (tied
     weights) is stored once and the other names go in the metadata as aliases."""
-    tensors, aliases, seen = {}, {}, {}
-    for name, t in model.state_dict().items():
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
-        if key in seen:
-            aliases[name] = seen[key]
-        else:
-            seen[key] = name
-            tensors[name] = t.detach().contiguous()
+    tensors, aliases = distinct_state(model)
+    tensors = {name: t.detach().contiguous() for name, t in tensors.items()}
     save_aligned(tensors, file, metadata={"format": "pt", "aliases": json.dumps(aliases)})
 
 
-def _load_weights(model: nn.Module, file: Path) -> None:
+def _load_weights(model: nn.Module, file: Path, digest: str | None, mmap: bool) -> None:
     """Load what ``_save_weights`` wrote, strictly: every name of the model must be there and
     no other (so no parameter is left on the meta device).
 
     The file's tensors become the model's (``assign``: parameters built on the meta device are
     never materialised first), mapped from the file where it is aligned (``tensorfile``), and
-    names saved as aliases of one tensor are tied again.
+    names saved as aliases of one tensor are tied again. ``digest`` (the sha256 messi.json
+    records) is checked against the bytes the tensors were made from (mapped: against the file).
     """
-    state, metadata = load_tensors(file)
+    state, metadata, read_digest = load_tensors(file, mmap=mmap)
+    if read_digest is not None and digest is not None and read_digest != digest:
+        raise MessiError(f"{file} does not match the sha256 in messi.json: the file is damaged or was "
+                         "changed; re-run `messi compress` or restore it")
     aliases = json.loads(metadata.get("aliases", "{}"))
     for name, target in aliases.items():
         state[name] = state[target]
@@ -150,16 +148,22 @@ def install_empty(model: nn.Module, info: dict) -> nn.Module:
     return model
 
 
-def load(path: str | os.PathLike, device: str | torch.device | None = None) -> nn.Module:
+def load(path: str | os.PathLike, device: str | torch.device | None = None, mmap: bool = False) -> nn.Module:
     """Rebuild a model saved by ``save``: same class, factored layers, saved weights; eval mode.
 
     Reads only JSON and safetensors, and checks both first (``folder.py``): field types and
     ranges, config.json against messi.json, tensor shapes, the weights' sha256. Gives exactly
     the outputs the saved model gave, in the saved precision.
+
+    By default the weights file is read once into memory the model owns, and its sha256 is
+    checked on those very bytes: rewriting or truncating the file later never changes or kills
+    the model. ``mmap=True`` maps it copy-on-write instead (only the pages a forward pass touches
+    become resident; docs/benchmarks.md measures both), for files that stay unchanged while the
+    model lives.
     """
     path = Path(path)
     info = read_info(path)
-    check_weights(info, path)
+    check_weights(info, path, verify_checksum=True, hash_weights=mmap)
     weights = path / WEIGHTS_NAME
     if not (path / "config.json").is_file():  # not a pipe or a device: reading one would hang
         raise MessiError(f"{path}/config.json is missing or not a regular file; re-run `messi compress`")
@@ -185,7 +189,7 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None) -> n
     _install_structure(model, info)  # its empty factors on the meta device too
     model.to(getattr(torch, info.get("dtype", "float32")))  # the saved precision: identical outputs
     try:
-        _load_weights(model, weights)
+        _load_weights(model, weights, info.get("weights_sha256"), mmap)
     except (SafetensorError, RuntimeError, OSError, KeyError, json.JSONDecodeError) as e:
         # torch puts the reason on the lines after "Error(s) in loading state_dict for X:": keep them, on one line
         reason = " ".join(str(e).split())[:300]

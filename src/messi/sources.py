@@ -79,7 +79,17 @@ def read_texts(source: str, data_dir=None, text_column: str = "text") -> list[st
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise MessiError(f"calibration source {source} has no text; give a file with one text per line or glue:TASK")
+    longest = max(range(len(texts)), key=lambda i: len(texts[i]))
+    if len(texts[longest]) > MAX_TEXT_CHARS:
+        # the tokenizer's memory grows many times faster than the text's: refuse, do not truncate silently
+        raise MessiError(f"calibration source {source}: text {longest + 1} has {len(texts[longest]):,} characters, "
+                         f"over the {MAX_TEXT_CHARS:,} one text may have; split it into lines (one text per line)")
     return texts
+
+
+#: The longest calibration text accepted: far beyond what a model reads (512 tokens is about
+#: 3,000 characters), far below what makes the tokenizer run out of memory (100 MB took 14 GB).
+MAX_TEXT_CHARS = 1_000_000
 
 
 def read_all(sources: list[str], data_dir=None, text_column: str = "text") -> list[str]:

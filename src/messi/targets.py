@@ -10,6 +10,7 @@ Targets (found by the model's family, ``families.py``):
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from .config import TARGETS
@@ -67,3 +68,17 @@ def install_linear(model: nn.Module, name: str, layer: nn.Module) -> None:
     """Replace the submodule ``name`` by ``layer``."""
     owner, _, attr = name.rpartition(".")
     setattr(model.get_submodule(owner) if owner else model, attr, layer)
+
+
+def distinct_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(name -> tensor, each distinct tensor of the state dict once; alias name -> the name it
+    shares its tensor with): a tied table is stored and counted once."""
+    tensors, aliases, seen = {}, {}, {}
+    for name, t in model.state_dict().items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        if key in seen:
+            aliases[name] = seen[key]
+        else:
+            seen[key] = name
+            tensors[name] = t
+    return tensors, aliases

@@ -8,12 +8,16 @@ resident at load, though a forward pass may touch only part of it (the embedding
 it sees). The safetensors format allows what is needed to avoid that (its issue #695 asks for it):
 the header may end in spaces, and gaps between tensors are filled by padding entries (uint8,
 zeros, named ``messi.padding.N``) because readers reject holes. Any safetensors reader reads these
-files; ``load_tensors`` maps the aligned ones copy-on-write (a model that is then trained never
-writes to the file) and copies the others (files written by safetensors itself).
+files. ``load_tensors`` reads the whole file once into one aligned allocation and hashes the very
+bytes it keeps (so the model owns its memory: a later rewrite or truncation of the file can neither
+change nor kill it, and the checksum covers what is used, not an earlier read); with ``mmap=True``
+it maps the file copy-on-write instead (pages read when first used: less resident memory, but the
+file must not change while the model lives).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -68,24 +72,51 @@ def save_aligned(tensors: dict[str, torch.Tensor], file: str | os.PathLike, meta
             f.write(chunk if isinstance(chunk, bytes) else _as_bytes(chunk))
 
 
-def _read_header(file: Path) -> tuple[int, dict]:
-    """(offset of the data section, header JSON) of a safetensors file that safetensors has
-    already checked (``folder.check_weights``)."""
+def _parse_header(data: torch.Tensor) -> tuple[int, dict]:
+    """(offset of the data section, header JSON) of a safetensors file's bytes ``data`` (uint8,
+    1-D) that safetensors has already checked (``folder.check_weights``)."""
+    if data.numel() < 8:
+        raise OSError("the file is shorter than a safetensors header")
+    (length,) = struct.unpack("<Q", bytes(data[:8].numpy()))
+    if 8 + length > data.numel():
+        raise OSError("the file is shorter than its safetensors header says")
+    return 8 + length, json.loads(bytes(data[8:8 + length].numpy()))
+
+
+def _read_all(file: Path, chunk: int = 1 << 24) -> tuple[torch.Tensor, str]:
+    """(the file's bytes in one torch allocation, which is 64-byte aligned; their sha256),
+    read once: the digest is of exactly the bytes returned."""
+    size = file.stat().st_size
+    data = torch.empty(size, dtype=torch.uint8)
+    view = memoryview(data.numpy())
+    digest = hashlib.sha256()
     with open(file, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        return 8 + length, json.loads(f.read(length))
+        done = 0
+        while done < size:
+            n = f.readinto(view[done:done + chunk])
+            if not n:
+                raise OSError(f"the file shrank while it was read ({done:,} of {size:,} bytes)")
+            digest.update(view[done:done + n])
+            done += n
+    return data, digest.hexdigest()
 
 
-def load_tensors(file: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(name -> tensor, metadata) of a safetensors file.
+def load_tensors(file: str | os.PathLike, mmap: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str], str | None]:
+    """(name -> tensor, metadata, sha256 of the bytes the tensors came from) of a safetensors file.
 
-    A tensor that starts at a multiple of ``ALIGNMENT`` bytes is a copy-on-write view of the
-    mapped file: its pages are read when first used, and writing to it never changes the file.
-    Any other tensor is copied into a fresh (aligned) allocation.
+    By default the file is read once into memory the tensors own, and hashed as it is read. With
+    ``mmap`` a tensor that starts at a multiple of ``ALIGNMENT`` bytes is a copy-on-write view of
+    the mapped file (pages read when first used; writing to it never changes the file, but a
+    later change to the file can show through pages not yet written), and the digest is None
+    (the caller hashes the file). A misaligned tensor is copied into an aligned allocation.
     """
     file = Path(file)
-    start, header = _read_header(file)
-    data = torch.from_file(str(file), shared=False, size=file.stat().st_size, dtype=torch.uint8)
+    if mmap:
+        data = torch.from_file(str(file), shared=False, size=file.stat().st_size, dtype=torch.uint8)
+        digest = None
+    else:
+        data, digest = _read_all(file)
+    start, header = _parse_header(data)
     tensors = {}
     for name, entry in header.items():
         if name == "__metadata__" or name.startswith(PADDING_PREFIX):
@@ -95,4 +126,4 @@ def load_tensors(file: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         if begin % ALIGNMENT:
             raw = raw.clone()
         tensors[name] = raw.view(_DTYPES[entry["dtype"]]).reshape(entry["shape"])
-    return tensors, header.get("__metadata__") or {}
+    return tensors, header.get("__metadata__") or {}, digest

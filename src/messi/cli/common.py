@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 from pathlib import Path
 from typing import Optional
@@ -29,14 +30,29 @@ def fail(message: str, code: int = 2):
     raise typer.Exit(code)
 
 
+#: Errors of the file system that a user fixes (space, quota, size limit, permissions, names),
+#: shown as one line; any other OSError is a bug and keeps its traceback.
+_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+                 errno.ENAMETOOLONG}
+
+
 def friendly(command):
-    """Turn MessiError into one line and exit 2, and Ctrl-C into exit 130, never a traceback."""
+    """Turn MessiError into one line and exit 2, a full disk or a file-size limit met while
+    writing into one line and exit 2 (the atomic writes left earlier outputs as they were), and
+    Ctrl-C into exit 130, never a traceback."""
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
         except MessiError as e:
             fail(str(e))
+        except OSError as e:
+            if e.errno not in _WRITE_ERRORS:
+                raise
+            where = f" {e.filename}" if e.filename else ""
+            fail(f"{e.strerror}:{where or ' (a file of this run)'}; nothing half-written was kept and earlier "
+                 "outputs are intact. Free space, raise the limit, fix the permissions or choose another folder, "
+                 "then run again")
         except KeyboardInterrupt:
             fail("interrupted; finished outputs were kept, the unfinished one was discarded", 130)
     return wrapper

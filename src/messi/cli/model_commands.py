@@ -9,9 +9,10 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .. import checks
+from .. import checks, distributed
 from ..calibration import DEFAULT_ALPHA, DEFAULT_POWER, DEFAULT_SOURCES, prepare
 from ..compress import compress as compress_model
+from ..compress import model_bytes
 from ..config import CalibrationSettings, CompressionConfig
 from ..errors import MessiError
 from ..evaluate import eval_sts as run_eval_sts
@@ -20,7 +21,7 @@ from ..export import export_onnx
 from ..families import DEFAULT_OUTPUT_TEXTS, family_of
 from ..folder import check_replaceable, check_weights, read_info
 from ..glue.train import TrainConfig
-from ..io import check_writable_target, write_text
+from ..io import check_free_space, check_output_folder, check_writable_target, write_text
 from ..models import DEFAULT_MODEL, cache_dir, fetch_gemma, fetch_mpnet, load_pretrained, load_tokenizer, resolve_model
 from ..perplexity import eval_ppl as run_eval_ppl
 from ..persist import save
@@ -78,7 +79,12 @@ def compress(
     With --target linear/all the calibration text (--calibration; default: the GLUE train texts
     of SST-2, CoLA, MRPC and RTE when the GLUE folder is found) also gives each Linear layer's
     input statistics (fits minimise its output error) and each layer's measured sensitivity
-    (the global allocation)."""
+    (the global allocation).
+
+    Under torchrun / accelerate launch only the main process fits and writes; the others exit at
+    once (a fit is one process's work: nothing to share)."""
+    if not distributed.is_main():
+        return
     checks.integer("--n-init", n_init, 1, 1000)  # the command line's sanity caps; the library has none
     checks.integer("--max-iter", max_iter, 1, 100_000)
     config = _config_from_flags(
@@ -92,6 +98,8 @@ def compress(
         config = config.replace(calibration=CalibrationSettings(tuple(calibration), weight_alpha, weight_power,
                                                                 output_texts, text_column))
     net = load_pretrained(model)
+    # the compressed folder is smaller than the model: its bytes bound what the save needs
+    check_free_space(out_dir.parent, model_bytes(net), "writing the compressed model")
     report = getattr(net, "messi_load_report", None)
     if report:  # say which class was loaded from the source, and why
         console.print(f"loaded {report['class']}: {report['reason']}")
@@ -171,7 +179,7 @@ def demo(
     """The answer in 3 minutes: compress the built-in model at 40/60/80% with SVD and MESSI, plain
     and calibrated (GLUE train texts, not STS-B), score each on zero-shot STS-B dev, write a report."""
     pairs = sts_pairs("dev", data_dir)  # fails here, before any work, if the data is missing
-    output_dir.mkdir(parents=True, exist_ok=True)
+    check_output_folder(output_dir)  # a file or a read-only folder: one line before any work
     # 2 clustering restarts instead of compress's 4 keep the demo under 5 minutes on 2 cores
     study = Study(None, pairs, output_dir / "sts.json", data_dir=data_dir, n_init=2)
     records = study.run(demo_settings(DEFAULT_K))

@@ -10,9 +10,10 @@ from ..compress import compress
 from ..config import CompressionConfig
 from ..datasets import get_task, read_split
 from ..errors import MessiError
-from ..io import check_output_folder, write_json
+from ..io import check_output_folder, check_writable_target, write_json
 from .train import (
     TrainConfig,
+    check_classifier_replaceable,
     evaluate,
     evaluated_on,
     fine_tune,
@@ -26,6 +27,14 @@ from .train import (
 )
 
 METHOD_CHOICES = ("none", "svd", "messi")
+
+
+def _check_outputs(output_dir: Path, save_model: bool) -> None:
+    """Before any training: the outputs can be written, and --save-model replaces only a model
+    folder that messi wrote."""
+    check_output_folder(output_dir)
+    if save_model:
+        check_writable_target(output_dir / "model", replace=True, is_ours=check_classifier_replaceable)
 
 
 def run_glue(task_name: str, output_dir: str | Path, model_ref=None, method: str = "none",
@@ -43,16 +52,16 @@ def run_glue(task_name: str, output_dir: str | Path, model_ref=None, method: str
         raise MessiError(f"--method must be one of {', '.join(METHOD_CHOICES)}, got {method!r}")
     task = get_task(task_name)
     distributed.init()
-    if distributed.is_main():
-        check_output_folder(output_dir)
+    # bad settings fail here, before the model loads
+    compression = None if method == "none" else CompressionConfig(method=method, ratio=ratio, k=k, seed=cfg.seed)
+    distributed.main_checks(lambda: _check_outputs(Path(output_dir), save_model))
     tokenizer = tokenizer_for(model_ref)
     cfg.validate(max_positions(model_ref, tokenizer))
     train_rows, dev_rows = read_split(task, "train", data_dir, strict), read_split(task, "dev", data_dir, strict)
     train, dev = train_and_eval_rows(train_rows, dev_rows, cfg, holdout)
     start = time.perf_counter()
     model = load_classifier(model_ref, task, cfg.seed)
-    compress_fn = None if method == "none" else (
-        lambda m: compress(m, CompressionConfig(method=method, ratio=ratio, k=k, seed=cfg.seed), verbose=True))
+    compress_fn = None if compression is None else (lambda m: compress(m, compression, verbose=True))
     share_from_main(model, compress_fn)
     fine_tune(model, tokenizer, task, train, cfg)
     metrics = evaluate(model, tokenizer, task, dev, cfg)

@@ -34,7 +34,7 @@ from ..compress import compress
 from ..config import CompressionConfig
 from ..datasets import get_task, read_split
 from ..errors import MessiError
-from ..io import write_json
+from ..io import check_output_folder, write_json
 from .train import (
     TrainConfig,
     evaluate,
@@ -123,8 +123,8 @@ class Sweep:
     def run(self) -> Path:
         """Run every unfinished cell, with a progress bar over the grid; returns the folder."""
         distributed.init()
-        if distributed.is_main():
-            self.out.mkdir(parents=True, exist_ok=True)
+        # a file, a read-only folder: one line on every process, before any training
+        distributed.main_checks(lambda: check_output_folder(self.out))
         cells = list(self.cells())
         with tqdm(total=len(cells), desc="sweep", unit="cell", disable=not distributed.is_main()) as bar:
             for task, seed, method, ratio in cells:

@@ -6,11 +6,14 @@ The Trainer runs unchanged on one CPU, one GPU, or several under ``accelerate la
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
+import json
 import random
 import tempfile
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import transformers
@@ -19,7 +22,8 @@ from torch import nn
 from .. import checks, distributed
 from ..datasets import Example, Task
 from ..errors import MessiError
-from ..io import atomic_dir, write_json
+from ..folder import check_replaceable
+from ..io import atomic_dir, check_writable_target, write_json
 from ..linear import _FactoredLinear
 from ..models import _from_pretrained, _new_weights, _summary, load_tokenizer, resolve_model
 from ..persist import install_empty, is_messi_folder, load, save
@@ -145,10 +149,17 @@ def _load_classifier(model_ref, task: Task) -> nn.Module:
 HEAD_PREFIXES = ("classifier.", "pre_classifier.", "score.", "bert.pooler.", "pooler.")
 
 
+#: The file list a plain (uncompressed) classifier folder gets from ``save_classifier``, so that
+#: a later run knows it may replace that folder and nothing else.
+WRITTEN_NAME = "messi_written.json"
+
+
 def save_classifier(model: nn.Module, tokenizer, folder, extra_files: dict | None = None):
     """Write a fine-tuned classifier and its tokenizer atomically, ready for ``load_classifier``:
     a messi folder when its embedding is compressed, else a Hugging Face folder (with
-    ``extra_files``, name -> JSON data)."""
+    ``extra_files``, name -> JSON data, and the list of its files). An existing ``folder`` is
+    replaced only if messi wrote exactly what it holds (``check_classifier_replaceable``)."""
+    folder = check_writable_target(folder, replace=True, is_ours=check_classifier_replaceable)
     info = getattr(model, "messi_config", None)
     if info is not None:  # the classifier's own class, not that of the encoder it was built on
         return save(model, folder, tokenizer, extra={"model_class": type(model).__name__}, overwrite=True)
@@ -157,7 +168,32 @@ def save_classifier(model: nn.Module, tokenizer, folder, extra_files: dict | Non
         tokenizer.save_pretrained(tmp)
         for name, data in (extra_files or {}).items():
             write_json(tmp / name, data)
+        write_json(tmp / WRITTEN_NAME, {"written_by": "messi", "files": _file_names(tmp)})
     return folder
+
+
+def _file_names(folder: Path) -> list[str]:
+    """Every file and link under ``folder``, by relative POSIX path."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink())
+
+
+def check_classifier_replaceable(folder: Path) -> bool:
+    """Whether a fine-tuned model folder may be replaced: a messi folder holding only what messi
+    wrote (``check_replaceable``), or a plain one whose files are exactly those its
+    ``messi_written.json`` lists. MessiError naming the first foreign file otherwise."""
+    if is_messi_folder(folder):
+        return check_replaceable(folder)
+    listed = None
+    with contextlib.suppress(OSError, ValueError):
+        listed = json.loads((folder / WRITTEN_NAME).read_text())["files"]
+    if not isinstance(listed, list):
+        raise MessiError(f"{folder} exists and was not written by messi; --save-model refuses to replace it. "
+                         "Move it out or choose another --output-dir")
+    others = sorted(set(_file_names(folder)) - set(listed) - {WRITTEN_NAME})
+    if others:
+        raise MessiError(f"{folder} holds {others[0]!r}, which messi did not write; --save-model refuses to replace "
+                         "it. Move it out or choose another --output-dir")
+    return True
 
 
 def share_from_main(model: nn.Module, compress_fn=None) -> nn.Module:
