@@ -48,6 +48,19 @@ def test_glue_output_dir_that_is_a_file(tmp_path):
     assert f.read_text() == "mine"
 
 
+@pytest.mark.parametrize("command", [["demo"], ["sweep", "--tasks", "rte"]])
+def test_demo_and_sweep_output_dir_that_is_a_file_or_read_only(tmp_path, command):
+    f = tmp_path / "f"
+    f.write_text("mine")
+    one_line_error(cli(*command, "--output-dir", f), "is a file")
+    assert f.read_text() == "mine"
+    if os.geteuid() != 0:  # root writes anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(stat.S_IRUSR | stat.S_IXUSR)
+        one_line_error(cli(*command, "--output-dir", ro), "cannot write")
+
+
 @pytest.mark.parametrize("args, words", [
     (["--seeds", "-1"], ["--seeds"]),
     (["--recovery-epochs", "nan"], ["--recovery-epochs"]),

@@ -113,6 +113,28 @@ def main_checks(check) -> None:
         raise MessiError(message)
 
 
+def average_gradients(params: list[torch.Tensor]) -> None:
+    """Replace each parameter's gradient by its mean over the processes (what DDP does), so that
+    every process takes the same optimizer step; no-op alone."""
+    if not active():
+        return
+    device, n = _comm_device(), world_size()
+    for p in params:
+        if p.grad is not None:
+            grad = p.grad.to(device)
+            dist.all_reduce(grad)
+            p.grad.copy_(grad.div_(n).to(p.grad.device))
+
+
+def mean_scalar(value: float) -> float:
+    """The mean of ``value`` over the processes (a loss to report); ``value`` alone."""
+    if not active():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=_comm_device())
+    dist.all_reduce(t)
+    return float(t.item()) / world_size()
+
+
 def broadcast_module(module: nn.Module) -> nn.Module:
     """Overwrite every parameter and buffer of ``module`` with the main process's, in place.
 

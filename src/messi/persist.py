@@ -23,6 +23,8 @@ from .config import CompressionConfig
 from .errors import MessiError
 from .folder import (
     CONFIG_NAME,
+    FILES_KEY,
+    SELF_KEY,
     WEIGHTS_NAME,
     check_config,
     check_replaceable,
@@ -91,6 +93,8 @@ def save(model: nn.Module, path: str | os.PathLike, tokenizer=None, extra: dict 
     if info is None:
         raise MessiError("this model was not compressed with messi.compress; nothing to save")
     path = check_writable_target(path, replace=overwrite, is_ours=check_replaceable)
+    # a model loaded from a folder carries that folder's manifest and checksum: made anew here
+    info = {k: v for k, v in info.items() if k not in ("weights_sha256", FILES_KEY, SELF_KEY)}
     with atomic_dir(path, replace=overwrite) as tmp:
         MessiConfig(base_config=model.config.to_dict()).save_pretrained(tmp)
         _save_weights(model, tmp / WEIGHTS_NAME)
