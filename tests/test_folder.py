@@ -137,9 +137,14 @@ def test_leftovers_of_dead_runs_are_cleaned(tmp_path):
     alive.mkdir()
     users = tmp_path / f".out.{pid}"  # looks alike, but messi never makes such a name: kept
     users.write_text("mine")
+    (tmp_path / "out").mkdir()  # the new output made it: the old copy is a leftover
     removed = clean_stale(tmp_path / "out")
     assert set(removed) == {stale, old}
     assert alive.exists() and users.exists() and not stale.exists() and not old.exists()
+    (tmp_path / "out").rmdir()  # killed between the renames: the old copy is the only one
+    old.write_text("only copy")
+    assert clean_stale(tmp_path / "out") == []
+    assert (tmp_path / "out").read_text() == "only copy" and not old.exists()
 
 
 def test_info_exits_2_on_a_broken_folder(folder):

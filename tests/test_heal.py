@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 import transformers
+from tests.test_perplexity import Tok
 from typer.testing import CliRunner
 
 import messi
 from messi.cli import app
 from messi.heal import HealConfig, distillation_loss, factor_parameters, heal
 from messi.perplexity import windows
-from tests.test_perplexity import Tok
 
 TEXTS = ["the quick brown fox jumps over the lazy dog " * 4, "pack my box with five dozen liquor jugs " * 4] * 4
 
