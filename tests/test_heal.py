@@ -41,16 +41,19 @@ def test_the_loss_is_kl_of_teacher_to_student_computed_by_hand():
     assert float(distillation_loss(t, t)) == pytest.approx(0.0, abs=1e-6)
 
 
-@pytest.mark.parametrize("method", ["svd", "messi"])
-def test_healing_lowers_the_distillation_loss_and_trains_only_the_factors(method):
+@pytest.mark.parametrize("method, train", [("svd", "all"), ("messi", "all"), ("svd", "bases"), ("messi", "bases")])
+def test_healing_lowers_the_distillation_loss_and_trains_only_the_factors(method, train):
     student, teacher = pair(method=method)
-    config = HealConfig(steps=30, learning_rate=1e-2, window=16)
-    frozen = {n: p.clone() for n, p in student.named_parameters() if "embed_tokens" not in n}
+    config = HealConfig(steps=30, learning_rate=1e-2, window=16, train=train)
+    trained = {"all": ("embed_tokens.coords", "embed_tokens.bases", "embed_tokens.basis"),
+               "bases": ("embed_tokens.bases", "embed_tokens.basis")}[train]
+    frozen = {n: p.clone() for n, p in student.named_parameters() if not n.endswith(trained)}
     before = loss_on(student, teacher, config)
     record = heal(student, teacher, Tok(), TEXTS, config, progress=False)
     assert loss_on(student, teacher, config) < 0.7 * before
     assert len(record["losses"]) == 30 and record["tokens_seen"] == 30 * 16
-    assert record["trained"] == sorted(factor_parameters(student))
+    assert record["trained"] == sorted(factor_parameters(student, train))
+    assert all(name.endswith(trained) for name in record["trained"])
     assert all(torch.equal(p, frozen[n]) for n, p in student.named_parameters() if n in frozen)
     assert not any(p.requires_grad for p in student.parameters())  # handed back ready for eval
 
@@ -87,6 +90,8 @@ def test_refusals():
         heal(student, teacher, Tok(), ["short"], HealConfig(window=64), progress=False)
     with pytest.raises(messi.MessiError, match="--steps"):
         HealConfig(steps=0)
+    with pytest.raises(messi.MessiError, match="--train must be one of bases, all"):
+        HealConfig(train="everything")
     quantized, _ = pair()
     quantized.get_input_embeddings().quantize_(8)
     with pytest.raises(messi.MessiError, match="8-bit coordinates"):

@@ -37,6 +37,7 @@ from .layers import CoordinateStorage
 from .perplexity import windows
 
 CHECKPOINT_WEIGHTS, CHECKPOINT_STATE = "checkpoint.safetensors", "state.json"
+TRAIN_CHOICES = ("bases", "all")
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,13 @@ class HealConfig:
     batch_size: int = 1
     seed: int = 0
     checkpoint_every: int = 20
+    #: what trains: "bases" (the k stacked j x d bases, and Linear layers' shared factors: few
+    #: numbers, every row moves with its subspace) or "all" (the per-row coordinates too)
+    train: str = "bases"
 
     def __post_init__(self):
+        if self.train not in TRAIN_CHOICES:
+            raise MessiError(f"--train must be one of {', '.join(TRAIN_CHOICES)}, got {self.train!r}")
         checks.integer("--steps", self.steps, 1, 10_000_000)
         checks.real("--learning-rate", self.learning_rate, 0, 1.0, low_open=True)
         checks.integer("--window", self.window, 8, 1 << 16)
@@ -60,9 +66,10 @@ class HealConfig:
         checks.integer("--checkpoint-every", self.checkpoint_every, 1)
 
 
-def factor_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """name -> every float parameter of the model's factored layers (coordinates, bases): what
-    healing trains. MessiError if there is none, or if coordinates are stored as integers."""
+def factor_parameters(model: nn.Module, train: str = "all") -> dict[str, nn.Parameter]:
+    """name -> the float parameters of the model's factored layers that healing trains: with
+    ``train="all"`` coordinates and bases, with "bases" all but the per-row coordinates. MessiError
+    if there is none, or if coordinates are stored as integers."""
     params = {}
     for prefix, module in model.named_modules():
         if not isinstance(module, CoordinateStorage):
@@ -71,7 +78,7 @@ def factor_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
             raise MessiError(f"{prefix or 'the embedding'} stores {module.bits}-bit coordinates, which gradients "
                              "cannot move; heal a folder compressed without --bits/--size")
         for name, p in module.named_parameters(recurse=False):
-            if p.is_floating_point():
+            if p.is_floating_point() and (train == "all" or name != module._coord_name):
                 params[f"{prefix}.{name}" if prefix else name] = p
     if not params:
         raise MessiError("this model has no factored layer to heal; compress it with messi first")
@@ -157,7 +164,7 @@ def heal(student: nn.Module, teacher: nn.Module, tokenizer, texts: list[str], co
         if not isinstance(family_of(m), CausalLM):
             raise MessiError(f"the {name} ({type(m).__name__}) is not a causal LM; healing distils next-token "
                              "predictions")
-    params = factor_parameters(student)
+    params = factor_parameters(student, config.train)
     if student.config.vocab_size != teacher.config.vocab_size:
         raise MessiError(f"the student has {student.config.vocab_size} tokens and the teacher "
                          f"{teacher.config.vocab_size}; heal against the model it was compressed from")

@@ -42,12 +42,14 @@ def heal(
     seed: int = typer.Option(HealConfig.seed, "--seed", help="Seed of the windows' order."),
     checkpoint_every: int = typer.Option(HealConfig.checkpoint_every, "--checkpoint-every",
                                          help="Steps between checkpoints (a killed run resumes from the last)."),
+    train: str = typer.Option(HealConfig.train, "--train", help="bases: the subspaces' bases only (few numbers, "
+                              "every row moves with its subspace); all: the per-row coordinates too."),
     data_dir: Optional[Path] = DATA,
 ):
     """Distil the original's next-token distributions into a compressed LM's factors (only they
     train): a short healing on calibration text, with progress and resume; runs unchanged under
     torchrun / accelerate launch (one writer)."""
-    config = HealConfig(steps, learning_rate, window, batch_size, seed, checkpoint_every)
+    config = HealConfig(steps, learning_rate, window, batch_size, seed, checkpoint_every, train)
     distributed.init()
     target = output or directory
     info = read_info(directory)
