@@ -4,6 +4,7 @@ share of ALL the model's parameters removed (target "all": embedding + every enc
 
     python benchmarks/whole_model.py [--ratios 0.3,0.5] [--latency] [--model mpnet] [--variants a,b]
     python benchmarks/whole_model.py --glue-base runs/glue_cal/stsb/seed-42/base --task stsb
+    python benchmarks/whole_model.py --rtn     # + plain quantization of the same targets, in bytes
 
 Variants (each at every ratio; results resume from benchmarks/results/whole_model.json):
 - uniform-svd       every matrix the same compression, plain SVD (weight error)
@@ -15,6 +16,9 @@ Variants (each at every ratio; results resume from benchmarks/results/whole_mode
 Calibration (token counts for the embedding rows, Linear inputs, sensitivities): 256 texts
 sampled from the train splits of SST-2, CoLA, MRPC and RTE. Scoring: all 1,500 STS-B dev pairs,
 never used to choose anything. Latency: forward of 32 x 128 tokens, median of 10, same process.
+With --rtn, the yardstick in bytes: every target of "all" (the embedding and every encoder
+Linear weight) quantized round-to-nearest (int8 per row, 4/3/2 bits in groups of 32, fp16
+scales), the rest fp32; bytes as a share of the fp32 model's, beside messi's (fp32 factors).
 With --glue-base: the fine-tuned classifier is compressed (its head kept), calibrated on its
 task's train text, and scored on the task's full dev set without recovery (GLUE score: mean of
 the task's metrics in %).
@@ -146,6 +150,45 @@ def run(subject: SentenceSubject | GlueSubject, ratios, with_latency: bool, vari
     return results
 
 
+RTN = [(8, None), (4, 32), (3, 32), (2, 32)]
+
+
+def rtn_cells(subject, results: dict) -> None:
+    """The targets of "all" quantized round-to-nearest, scored; bytes against the fp32 model."""
+    from messi.quantize import quantized_bytes, round_trip
+    from messi.targets import input_embedding, linear_targets
+
+    for bits, group in RTN:
+        key = f"rtn-int{bits}" + ("" if group is None else f"-g{group}")
+        if key in results:
+            continue
+        model = subject.load()
+        total = sum(p.numel() * 4 for p in model.parameters())
+        saved = 0
+        with torch.no_grad():
+            for w in [input_embedding(model).weight, *(m.weight for m in linear_targets(model).values())]:
+                w.copy_(round_trip(w, bits, group))
+                saved += w.numel() * 4 - quantized_bytes(w.shape[0], w.shape[1], bits, group)
+        results[key] = {"variant": key, "bits": bits, "group_size": group, "bytes_share": 1 - saved / total,
+                        "score": subject.score(model)}
+        write_json(subject.results_file, results)
+        console.print(f"{key}: score {results[key]['score']:.2f}, bytes {results[key]['bytes_share']:.1%}")
+
+
+def show_bytes(results: dict) -> None:
+    """messi's whole-model cells (fp32 factors: bytes share = 1 - model_compression) and RTN."""
+    table = Table(title="in bytes: the whole model's stored bytes as a share of its fp32 bytes")
+    for col in ("model", "bytes", "score", "change"):
+        table.add_column(col)
+    base = results["uncompressed"]["score"]
+    rows = [(r["variant"], r["bytes_share"], r["score"]) for r in results.values() if "bytes_share" in r]
+    rows += [(f"{r['variant']} @ -{r['ratio']:.0%} params", 1 - r["model_compression"], r["score"])
+             for r in results.values() if "model_compression" in r and r["variant"] in ("ours-messi", "ours-svd")]
+    for name, share, score in sorted(rows, key=lambda r: -r[1]):
+        table.add_row(name, f"{share:.1%}", f"{score:.2f}", f"{score - base:+.2f}")
+    console.print(table)
+
+
 def show(results: dict, ratios, title: str, metric: str) -> None:
     ref = results["uncompressed"]
     table = Table(title=f"{title}, target all: {metric} (uncompressed {ref['score']:.2f})")
@@ -202,6 +245,7 @@ def main() -> None:
                              "runs/glue_cal/stsb/seed-42/base): compress it and score its task's dev set "
                              "without recovery instead of zero-shot STS-B.")
     parser.add_argument("--task", default="stsb", help="The GLUE task of --glue-base.")
+    parser.add_argument("--rtn", action="store_true", help="Also plain quantization of the same targets, in bytes.")
     args = parser.parse_args()
     ratios = [float(r) for r in args.ratios.split(",")]
     variants = [v for v in args.variants.split(",") if v]
@@ -210,6 +254,9 @@ def main() -> None:
         parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
     subject = SentenceSubject(args.model) if args.glue_base is None else GlueSubject(args.glue_base, args.task)
     results = run(subject, ratios, args.latency, variants)
+    if args.rtn:
+        rtn_cells(subject, results)
+        show_bytes(results)
     path = subject.results_file
     show(results, ratios, subject.name, subject.metric)
     plot(results, ratios, subject.name, subject.metric, path.with_suffix(".png"))

@@ -290,3 +290,20 @@ def test_compress_under_torchrun_fits_once_and_exits_zero(tmp_path):
     # the launcher reports the failed child with its own traceback; no messi frame is in it
     assert refused.returncode != 0 and "/messi/" not in refused.stderr.replace(sys.executable, "")
     assert refused.stderr.count("error: out already exists") == 1
+
+
+@pytest.mark.slow
+def test_a_cached_sweep_base_naming_remote_code_never_runs_it_even_with_yes_on_stdin(tmp_path):
+    base = tmp_path / "sweep" / "rte" / "seed-42" / "base"
+    base.mkdir(parents=True)
+    marker = tmp_path / "ran"
+    (base / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    (base / "config.json").write_text(json.dumps({
+        "model_type": "evilnet", "auto_map": {"AutoConfig": "evil.Config",
+                                              "AutoModelForSequenceClassification": "evil.Model"}}))
+    done = subprocess.run([sys.executable, "-m", "messi.cli", "sweep", "--output-dir", str(tmp_path / "sweep"),
+                           "--tasks", "rte", "--methods", "none", "--max-train-samples", "8", "--epochs", "0.01"],
+                          input="y\n", capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert not marker.exists()
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "the cached base" in done.stderr and "delete that folder" in done.stderr

@@ -170,8 +170,12 @@ class Sweep:
         if distributed.main_answers(lambda: (folder / "config.json").is_file()):
             # the cached base; processes other than main get its weights from main
             if distributed.is_main():
-                model = transformers.AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True,
-                                                                                   trust_remote_code=False)
+                try:
+                    model = transformers.AutoModelForSequenceClassification.from_pretrained(
+                        folder, local_files_only=True, trust_remote_code=False)
+                except (OSError, ValueError) as e:  # never asks to run the folder's code: refuses
+                    raise MessiError(f"the cached base {folder} cannot be loaded ({' '.join(str(e).split())[:200]}); "
+                                     "delete that folder and the sweep retrains it") from e
             else:
                 model = load_classifier(self.model_ref, task, seed)
             return share_from_main(model).eval(), tokenizer, folder
