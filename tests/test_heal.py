@@ -50,7 +50,8 @@ def test_healing_lowers_the_distillation_loss_and_trains_only_the_factors(method
     frozen = {n: p.clone() for n, p in student.named_parameters() if not n.endswith(trained)}
     before = loss_on(student, teacher, config)
     record = heal(student, teacher, Tok(), TEXTS, config, progress=False)
-    assert loss_on(student, teacher, config) < 0.7 * before
+    # the bases alone are a few numbers: they close less of the gap than the coordinates too
+    assert loss_on(student, teacher, config) < (0.7 if train == "all" else 0.85) * before
     assert len(record["losses"]) == 30 and record["tokens_seen"] == 30 * 16
     assert record["trained"] == sorted(factor_parameters(student, train))
     assert all(name.endswith(trained) for name in record["trained"])
@@ -118,7 +119,8 @@ def test_the_command_line_heals_a_folder_in_place(tmp_path):
     info = json.loads((out / "messi.json").read_text())
     assert len(info["healing"]["losses"]) == 3 and info["healing"]["teacher"] == str(source)
     healed = messi.load(out)  # a valid folder: manifest and checksum made anew
-    assert not torch.equal(healed.state_dict()["model.embed_tokens.coords"], before["model.embed_tokens.coords"])
+    assert not torch.equal(healed.state_dict()["model.embed_tokens.basis"], before["model.embed_tokens.basis"])
+    assert torch.equal(healed.state_dict()["model.embed_tokens.coords"], before["model.embed_tokens.coords"])
     assert not list(tmp_path.glob(".out.heal-checkpoint"))
     done = runner.invoke(app, ["heal", str(out), "--output", str(source), "--overwrite", "--steps", "1"])
     assert done.exit_code == 2 and "not written by messi" in done.output  # the original is never replaced
