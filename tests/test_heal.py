@@ -124,3 +124,42 @@ def test_the_command_line_heals_a_folder_in_place(tmp_path):
     assert not list(tmp_path.glob(".out.heal-checkpoint"))
     done = runner.invoke(app, ["heal", str(out), "--output", str(source), "--overwrite", "--steps", "1"])
     assert done.exit_code == 2 and "not written by messi" in done.output  # the original is never replaced
+
+
+TORCHRUN = """
+import json, sys
+import torch
+from messi import distributed
+from messi.heal import HealConfig, heal
+from tests.test_heal import TEXTS, pair
+from tests.test_perplexity import Tok
+
+distributed.init()
+student, teacher = pair()
+record = heal(student, teacher, Tok(), TEXTS, HealConfig(steps=3, learning_rate=1e-2, window=16), progress=False)
+basis = student.get_input_embeddings().bases.flatten().tolist()
+json.dump({"losses": record["losses"], "tokens": record["tokens_seen"], "basis": basis},
+          open(sys.argv[1] + f"/rank{distributed.rank()}.json", "w"))
+"""
+
+
+@pytest.mark.slow
+def test_under_torchrun_every_process_heals_the_same_model_on_its_own_windows(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "heal.py"
+    script.write_text(TORCHRUN)
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=root,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1))
+    assert r0["basis"] == r1["basis"]  # averaged gradients: one model on every process
+    assert r0["losses"] == r1["losses"] and r0["tokens"] == 2 * 3 * 16  # the mean loss of two windows a step
+    alone, teacher = pair()
+    heal(alone, teacher, Tok(), TEXTS, HealConfig(steps=3, learning_rate=1e-2, window=16), progress=False)
+    assert alone.get_input_embeddings().bases.flatten().tolist() != r0["basis"]  # two windows a step, not one
