@@ -136,7 +136,9 @@ from tests.test_perplexity import Tok
 
 distributed.init()
 student, teacher = pair()
-record = heal(student, teacher, Tok(), TEXTS, HealConfig(steps=3, learning_rate=1e-2, window=16), progress=False)
+steps, checkpoint = int(sys.argv[2]), (sys.argv[3] + str(distributed.rank())) if len(sys.argv) > 3 else None
+record = heal(student, teacher, Tok(), TEXTS, HealConfig(steps=steps, learning_rate=1e-2, window=16), checkpoint,
+              progress=False)
 basis = student.get_input_embeddings().bases.flatten().tolist()
 json.dump({"losses": record["losses"], "tokens": record["tokens_seen"], "basis": basis},
           open(sys.argv[1] + f"/rank{distributed.rank()}.json", "w"))
@@ -153,11 +155,21 @@ def test_under_torchrun_every_process_heals_the_same_model_on_its_own_windows(tm
     script = tmp_path / "heal.py"
     script.write_text(TORCHRUN)
     root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(script), str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=root,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)})
-    assert done.returncode == 0, done.stderr[-3000:]
-    r0, r1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1))
+
+    def torchrun(*args):
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                               str(script), str(tmp_path), *args], capture_output=True, text=True, timeout=300,
+                              cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)})
+        assert done.returncode == 0, done.stderr[-3000:]
+        return [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1)]
+
+    # resumed: only the main process wrote a checkpoint (in ck0; ck1 stays empty, as on another
+    # machine), and the other receives what main resumed
+    torchrun("2", str(tmp_path / "ck"))
+    assert (tmp_path / "ck0").is_dir() and not (tmp_path / "ck1").exists()
+    resumed = torchrun("3", str(tmp_path / "ck"))
+    r0, r1 = torchrun("3")
+    assert resumed[0]["basis"] == resumed[1]["basis"] == r0["basis"]
     assert r0["basis"] == r1["basis"]  # averaged gradients: one model on every process
     assert r0["losses"] == r1["losses"] and r0["tokens"] == 2 * 3 * 16  # the mean loss of two windows a step
     alone, teacher = pair()

@@ -140,16 +140,23 @@ def broadcast_module(module: nn.Module) -> nn.Module:
 
     All processes must hold a module of the same structure (names, shapes, dtypes).
     """
+    if active():
+        broadcast_tensors([t for _, t in sorted(module.state_dict(keep_vars=True).items())])
+    return module
+
+
+def broadcast_tensors(tensors: list[torch.Tensor]) -> None:
+    """Overwrite each tensor with the main process's, in place (same shapes and dtypes on every
+    process); no-op alone."""
     if not active():
-        return module
+        return
     device = _comm_device()
     with torch.no_grad():
-        for _, t in sorted(module.state_dict(keep_vars=True).items()):
+        for t in tensors:
             # sent as raw bytes: every dtype travels, whatever the backend supports
             data = t.data
             raw = data.contiguous().reshape(-1).view(torch.uint8).to(device)
             dist.broadcast(raw, src=0)
             if not is_main():
                 data.copy_(raw.view(data.dtype).reshape(data.shape))
-    return module
 

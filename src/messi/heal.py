@@ -151,6 +151,19 @@ def _resume(folder: Path | None, params: dict[str, nn.Parameter], optimizer, key
     return state
 
 
+def _share_resumed(params: dict[str, nn.Parameter], optimizer) -> None:
+    """Give every process the main process's resumed factors and AdamW moments."""
+    if not distributed.active():
+        return
+    moments = []
+    for p in params.values():
+        if not distributed.is_main():  # AdamW's state, to be overwritten with main's
+            optimizer.state[p] = {"step": torch.zeros(()), "exp_avg": torch.zeros_like(p),
+                                  "exp_avg_sq": torch.zeros_like(p)}
+        moments += [optimizer.state[p][k] for k in ("step", "exp_avg", "exp_avg_sq")]
+    distributed.broadcast_tensors([*params.values(), *moments])
+
+
 def heal(student: nn.Module, teacher: nn.Module, tokenizer, texts: list[str], config: HealConfig | None = None,
          checkpoint: str | Path | None = None, progress: bool = True) -> dict:
     """Distil ``teacher``'s next-token distributions into ``student``'s factors, in place.
@@ -178,7 +191,10 @@ def heal(student: nn.Module, teacher: nn.Module, tokenizer, texts: list[str], co
     optimizer = torch.optim.AdamW(list(params.values()), lr=config.learning_rate, weight_decay=0.0)
     folder = Path(checkpoint) if checkpoint is not None else None
     key = _run_key(student, config)
-    state = _resume(folder, params, optimizer, key) if folder is not None else None
+    # the main process reads the checkpoint; the others receive what it resumed (no shared disk needed)
+    state = distributed.main_answers(lambda: _resume(folder, params, optimizer, key) if folder is not None else None)
+    if state is not None:
+        _share_resumed(params, optimizer)
     losses = list(state["losses"]) if state else []
     seconds = float(state["seconds"]) if state else 0.0
     device = next(iter(params.values())).device
