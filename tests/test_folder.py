@@ -444,7 +444,7 @@ def test_a_weights_file_without_aliases_metadata_loads(folder):
     expected = {name: t.clone() for name, t in model.state_dict().items()}
     for p in model.parameters():
         p.data.zero_()
-    _load_weights(model, plain, None, mmap=False)
+    _load_weights(model, plain, {}, mmap=False)
     assert all(torch.equal(model.state_dict()[name], t) for name, t in expected.items())
 
 

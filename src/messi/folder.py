@@ -277,10 +277,8 @@ def check_weights(info: dict, path: Path, verify_checksum: bool = True, hash_wei
         raise MessiError(f"{path} has no {WEIGHTS_NAME}; the folder is incomplete, re-run `messi compress`")
     if verify_checksum:
         verify_manifest(info, path)
-    digest = info.get("weights_sha256")
-    if verify_checksum and hash_weights and digest is not None and sha256_file(weights) != digest:
-        raise MessiError(f"{weights} does not match the sha256 in messi.json: the file is damaged or was "
-                         "changed; re-run `messi compress` or restore it")
+    if verify_checksum and hash_weights:
+        check_weights_digest(info, weights, sha256_file(weights))
     expected = _expected_shapes(info)
     try:
         with safe_open(str(weights), framework="pt") as f:
@@ -296,6 +294,15 @@ def check_weights(info: dict, path: Path, verify_checksum: bool = True, hash_wei
         if found != shape:
             raise MessiError(f"{weights}: the factored tensor {name!r} has shape {found}, messi.json "
                              f"says {shape}; the folder is damaged, re-run `messi compress`")
+
+
+def check_weights_digest(info: dict, weights: Path, digest: str) -> None:
+    """MessiError if ``digest`` (the sha256 of the bytes read from ``weights``) is not the one
+    messi.json records; nothing to check for a folder that records none."""
+    recorded = info.get("weights_sha256")
+    if recorded is not None and digest != recorded:
+        raise MessiError(f"{weights} does not match the sha256 in messi.json: the file is damaged or was "
+                         "changed; re-run `messi compress` or restore it")
 
 
 def _coordinate_shapes(name: str, m: int, j: int, entry: dict) -> dict[str, list[int]]:

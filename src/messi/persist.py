@@ -29,6 +29,7 @@ from .folder import (
     check_config,
     check_replaceable,
     check_weights,
+    check_weights_digest,
     embedding_info,
     read_info,
     with_manifest,
@@ -49,19 +50,19 @@ def _save_weights(model: nn.Module, file: Path) -> None:
     save_aligned(tensors, file, metadata={"format": "pt", "aliases": json.dumps(aliases)})
 
 
-def _load_weights(model: nn.Module, file: Path, digest: str | None, mmap: bool) -> None:
+def _load_weights(model: nn.Module, file: Path, info: dict, mmap: bool) -> None:
     """Load what ``_save_weights`` wrote, strictly: every name of the model must be there and
     no other (so no parameter is left on the meta device).
 
     The file's tensors become the model's (``assign``: parameters built on the meta device are
     never materialised first), mapped from the file where it is aligned (``tensorfile``), and
-    names saved as aliases of one tensor are tied again. ``digest`` (the sha256 messi.json
-    records) is checked against the bytes the tensors were made from (mapped: against the file).
+    names saved as aliases of one tensor are tied again. The sha256 that messi.json (``info``)
+    records is checked against the bytes the tensors were made from (mapped: ``check_weights``
+    hashed the file).
     """
     state, metadata, read_digest = load_tensors(file, mmap=mmap)
-    if read_digest is not None and digest is not None and read_digest != digest:
-        raise MessiError(f"{file} does not match the sha256 in messi.json: the file is damaged or was "
-                         "changed; re-run `messi compress` or restore it")
+    if read_digest is not None:
+        check_weights_digest(info, file, read_digest)
     aliases = json.loads(metadata.get("aliases", "{}"))
     for name, target in aliases.items():
         state[name] = state[target]
@@ -193,7 +194,7 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None, mmap
     _install_structure(model, info)  # its empty factors on the meta device too
     model.to(getattr(torch, info.get("dtype", "float32")))  # the saved precision: identical outputs
     try:
-        _load_weights(model, weights, info.get("weights_sha256"), mmap)
+        _load_weights(model, weights, info, mmap)
     except (SafetensorError, RuntimeError, OSError, KeyError, json.JSONDecodeError) as e:
         # torch puts the reason on the lines after "Error(s) in loading state_dict for X:": keep them, on one line
         reason = " ".join(str(e).split())[:300]
