@@ -107,12 +107,16 @@ def check_writable_target(path: str | os.PathLike, replace: bool = False, is_our
     return path
 
 
+def _nearest_folder(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists as a folder (where a file system can be asked)."""
+    return next((p for p in [path, *path.parents] if p.is_dir()), Path("."))
+
+
 def _check_name_length(path: Path) -> None:
     """MessiError, before any work, if ``path``'s name or the temporary names made beside it
     (``.NAME.PID.random.tmp``, ``.NAME.old-PID``) would be too long for its file system."""
-    parent = next((p for p in [path.parent, *path.parent.parents] if p.is_dir()), Path("."))
     try:
-        limit = os.pathconf(parent, "PC_NAME_MAX")
+        limit = os.pathconf(_nearest_folder(path.parent), "PC_NAME_MAX")
     except (OSError, ValueError):
         limit = 255
     longest = len(os.fsencode(path.name)) + _TEMP_NAME_EXTRA
@@ -132,7 +136,7 @@ def check_free_space(folder: str | os.PathLike, nbytes: int, what: str) -> None:
     free space than that on its file system, or a file-size limit (``ulimit -f``) below it."""
     import resource
 
-    folder = next((p for p in [Path(folder), *Path(folder).parents] if p.is_dir()), Path("."))
+    folder = _nearest_folder(Path(folder))
     free = shutil.disk_usage(folder).free
     if free < nbytes:
         raise MessiError(f"{what} needs about {nbytes / 1e6:,.0f} MB but {folder} has {free / 1e6:,.0f} MB free; "
