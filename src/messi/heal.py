@@ -192,7 +192,7 @@ def heal(student: nn.Module, teacher: nn.Module, tokenizer, texts: list[str], co
     folder = Path(checkpoint) if checkpoint is not None else None
     key = _run_key(student, config)
     # the main process reads the checkpoint; the others receive what it resumed (no shared disk needed)
-    state = distributed.main_answers(lambda: _resume(folder, params, optimizer, key) if folder is not None else None)
+    state = distributed.main_answers(lambda: _resume(folder, params, optimizer, key))
     if state is not None:
         _share_resumed(params, optimizer)
     losses = list(state["losses"]) if state else []

@@ -58,14 +58,15 @@ def heal(
     source = teacher or info.get("source_model")
     if source is None:
         raise MessiError(f"{directory}/messi.json does not say which model it was compressed from; pass --teacher")
-    texts = read_all(list(calibration or DEFAULT_SOURCES), data_dir, text_column)
+    sources = list(calibration or DEFAULT_SOURCES)
+    texts = read_all(sources, data_dir, text_column)
     student, tokenizer = load(directory), load_tokenizer(directory)
     original = load_pretrained(source)
     checkpoint = target.parent / f".{target.name}.heal-checkpoint"
     record = run_heal(student, original, tokenizer, texts, config, checkpoint=checkpoint)
     if not distributed.is_main():
         return
-    record = {**record, "teacher": str(source), "calibration": list(calibration or DEFAULT_SOURCES)}
+    record = {**record, "teacher": str(source), "calibration": sources}
     save(student, target, tokenizer=tokenizer, extra={"healing": record}, overwrite=True)
     shutil.rmtree(checkpoint, ignore_errors=True)
     table = Table(title=f"healed: {target}", show_header=False)
