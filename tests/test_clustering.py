@@ -940,7 +940,7 @@ def test_distances_over_many_row_blocks_equal_one_product(monkeypatch):
     monkeypatch.setattr(C, "_BLOCK_ELEMENTS", 60)  # 10 rows a block: 11 blocks, the last short
     got = C.squared_norms_in(X, bases)
     assert got.shape == (103, 3) and torch.allclose(got, expected, atol=1e-12)
-    assert torch.allclose(C._gram(X), X.T @ X, atol=1e-12)
+    assert torch.allclose(C.gram_matrix(X), X.T @ X, atol=1e-12)
 
 
 def test_gram_updates_reach_every_cluster_when_k_exceeds_d():

@@ -180,3 +180,66 @@ def test_whitened_fits_pass_their_weights_and_settings_on():
     assert torch.allclose(got.bases, (white.bases.double() @ S_inv).float(), atol=1e-6)
     assert not torch.equal(white.coords, messi_factorize((A.double() @ S).float(), 2, 3, **settings).coords)
     assert not torch.equal(white.coords, messi_factorize((A.double() @ S).float(), 2, 3, sample_weight=w).coords)
+
+
+# Row-blocked passes (what keeps a 262,144-row fit within a small multiple of the table's
+# memory): tiny blocks force many of them, and each must equal the one-shot computation.
+
+@pytest.fixture
+def tiny_blocks(monkeypatch):
+    import messi.subspaces as S
+    real = S.row_blocks
+    monkeypatch.setattr(S, "row_blocks", lambda n, width, elements=0: real(n, width, 3 * width))
+    import messi.factorize as F
+    monkeypatch.setattr(F, "row_blocks", S.row_blocks)
+
+
+@given(n=st.integers(1, 40), d=st.integers(2, 9), weighted=st.booleans(), metric=st.booleans(),
+       seed=st.integers(0, 1000))
+def test_relative_error_of_rows_equals_the_one_shot_sum(n, d, weighted, metric, seed):
+    g = torch.Generator().manual_seed(seed)
+    A, approx = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
+    w = torch.rand(n, generator=g) if weighted else None
+    C = (lambda R: R @ R.T)(torch.randn(d, d, generator=g).double()) if metric else None
+    E, A64 = A.double() - approx.double(), A.double()
+    norms = (lambda X: (X @ C * X).sum(1)) if metric else (lambda X: X.square().sum(1))
+    ww = torch.ones(n, dtype=torch.float64) if w is None else w.double()
+    expected = float((norms(E) * ww).sum() / (norms(A64) * ww).sum())
+    assert relative_error(A, approx, w, C) == pytest.approx(expected, rel=1e-9)
+    assert relative_error(A, lambda block: approx[block], w, C) == pytest.approx(expected, rel=1e-9)
+
+
+def test_blocked_passes_equal_whole_ones(tiny_blocks):
+    from messi.factorize import whiten_rows
+    from messi.subspaces import cluster_grams, coordinates, gram_matrix
+    g = torch.Generator().manual_seed(0)
+    X, labels = torch.randn(50, 6, generator=g), torch.randint(0, 3, (50,), generator=g)
+    bases = torch.linalg.qr(torch.randn(3, 6, 2, generator=g))[0].transpose(1, 2)
+    w = torch.rand(50, generator=g).double()
+    for i in range(3):
+        rows = labels == i
+        assert torch.allclose(coordinates(X, bases, labels)[rows], X[rows] @ bases[i].T)
+        expected = (X[rows].double() * w[rows, None]).T @ X[rows].double()
+        assert torch.allclose(cluster_grams(X, labels, 3, w)[i], expected)
+    assert torch.allclose(gram_matrix(X, w), (X.double() * w[:, None]).T @ X.double())
+    S = torch.randn(6, 6, generator=g).double()
+    assert torch.allclose(whiten_rows(X, S), (X.double() @ S).float())
+    f = messi_factorize(X, 3, 2, seed=0, n_init=1)
+    assert torch.equal(f.reconstruct()[7:23], f.rows(slice(7, 23)))
+
+
+def test_svd_from_the_gram_matrix_spans_the_svd_subspace():
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(300, 12, generator=g, dtype=torch.float64) * torch.linspace(3, 0.1, 12, dtype=torch.float64)
+    Vh = torch.linalg.svd(X, full_matrices=False).Vh[:4]
+    basis = svd_factorize(X, 4).bases[0]
+    assert torch.allclose(basis.T @ basis, Vh.T @ Vh, atol=1e-10)  # the same projector
+
+
+def test_a_bad_value_in_the_last_row_block_is_found(tiny_blocks):
+    X = torch.randn(40, 5)
+    X[39, 4] = float("nan")
+    with pytest.raises(MessiError, match="NaN or inf values in 1 rows"):
+        svd_factorize(X, 2)
+    X[39, 4] = 3e15
+    assert svd_factorize(X, 2).coords.dtype == torch.float64  # rows this large are fitted in float64

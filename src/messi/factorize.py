@@ -15,6 +15,7 @@ import torch
 
 from .clustering import ProjectiveClustering, as_matrix, check_sample_weight, coordinates
 from .errors import MessiError
+from .subspaces import gram_matrix, row_blocks, split_spectrum
 
 
 @dataclass
@@ -30,13 +31,19 @@ class Factors:
     bases: torch.Tensor
     labels: torch.Tensor
 
+    def rows(self, block: slice) -> torch.Tensor:
+        """The approximated rows (m, d) of ``block``, a slice of the row indices."""
+        coords, labels = self.coords[block], self.labels[block]
+        out = coords.new_empty(coords.shape[0], self.bases.shape[2])
+        for i in range(self.bases.shape[0]):
+            rows = labels == i
+            if bool(rows.any()):
+                out[rows] = coords[rows] @ self.bases[i]
+        return out
+
     def reconstruct(self) -> torch.Tensor:
         """The approximated matrix (n, d)."""
-        out = self.coords.new_empty(self.coords.shape[0], self.bases.shape[2])
-        for i in range(self.bases.shape[0]):
-            rows = self.labels == i
-            out[rows] = self.coords[rows] @ self.bases[i]
-        return out
+        return self.rows(slice(None))
 
 
 def parameter_count(n: int, d: int, k: int, rank: int) -> int:
@@ -83,9 +90,9 @@ def svd_factorize(A, rank: int, sample_weight=None) -> Factors:
     X = as_matrix(A)
     check_rank(rank, X.shape[1])
     w = check_sample_weight(sample_weight, X.shape[0], X.device)
-    scaled = X if w is None else X * w.sqrt().to(X.dtype)[:, None]
-    _, _, Vh = torch.linalg.svd(scaled, full_matrices=False)
-    basis = Vh[:rank].contiguous()
+    # the top-j eigenvectors of the (d, d) Gram matrix, summed in row blocks in float64: the
+    # same subspace as an SVD of the scaled rows, without an (n, d) copy or workspace
+    basis = split_spectrum(gram_matrix(X, w), rank)[0].to(X.dtype)
     labels = torch.zeros(X.shape[0], dtype=torch.long, device=X.device)
     return Factors(X @ basis.T, basis[None], labels)
 
@@ -101,25 +108,30 @@ def messi_factorize(A, k: int, rank: int, sample_weight=None, **settings) -> Fac
     return Factors(coordinates(X, pc.bases_, pc.labels_), pc.bases_, pc.labels_)
 
 
-def relative_error(A: torch.Tensor, approx: torch.Tensor, sample_weight=None, moments=None) -> float:
+def relative_error(A: torch.Tensor, approx, sample_weight=None, moments=None) -> float:
     """|A - approx|^2 / |A|^2 in float64, summed over the rows of A (n, d).
 
+    ``approx``: the approximation (n, d), or a function of a slice of row indices that returns
+    those rows (``Factors.rows``, a factored layer's rows): then no (n, d) table is ever built.
+    The sums run over row blocks, so the float64 temporaries are a block's.
     ``sample_weight`` (n,): both sums weigh the rows. ``moments`` (d, d), positive
     semi-definite: every row's squared norm is measured as e M e^T instead of |e|^2 (a Linear
     layer's output error on inputs of those second moments, or an embedding row's effect on the
     model's output, ``calibration.output_sensitivity``).
     """
-    A64 = A.detach().double()
-    E = A64 - approx.detach().double()
-    if moments is None:
-        err, ref = E.square().sum(1), A64.square().sum(1)
-    else:
-        C = moments.detach().double().to(E.device)
-        err, ref = ((E @ C) * E).sum(1), ((A64 @ C) * A64).sum(1)
-    if sample_weight is not None:
-        w = sample_weight.detach().double().to(err.device)
-        err, ref = err * w, ref * w
-    return float(err.sum() / ref.sum())
+    rows_of = approx if callable(approx) else (lambda block: approx[block])
+    C = None if moments is None else moments.detach().double().to(A.device)
+    err = ref = 0.0
+    for block in row_blocks(A.shape[0], A.shape[1]):
+        a = A[block].detach().double()
+        e = a - rows_of(block).detach().double()
+        e_sq, a_sq = ((e.square().sum(1), a.square().sum(1)) if C is None else
+                      (((e @ C) * e).sum(1), ((a @ C) * a).sum(1)))
+        if sample_weight is not None:
+            w = sample_weight[block].detach().double().to(e.device)
+            e_sq, a_sq = e_sq * w, a_sq * w
+        err, ref = err + float(e_sq.sum()), ref + float(a_sq.sum())
+    return err / ref if ref else float("nan")
 
 
 def check_rank(rank, d: int) -> int:
@@ -144,6 +156,15 @@ def whitening(moments: torch.Tensor, damping: float = 0.01) -> tuple[torch.Tenso
     return (Q * root) @ Q.T, (Q / root) @ Q.T
 
 
+def whiten_rows(X: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
+    """``X @ S`` (n, d) in ``X``'s dtype, each row block multiplied in float64: one copy of the
+    table, no float64 one."""
+    out = torch.empty_like(X)
+    for block in row_blocks(X.shape[0], X.shape[1]):
+        out[block] = (X[block].double() @ S).to(X.dtype)
+    return out
+
+
 def factorize(A, method: str, k: int, rank: int, sample_weight=None, moments=None, **settings) -> Factors:
     """SVD (``method="svd"``, k = 1) or MESSI factors of ``A`` (n, d).
 
@@ -157,6 +178,6 @@ def factorize(A, method: str, k: int, rank: int, sample_weight=None, moments=Non
         return svd_factorize(X, rank, sample_weight) if method == "svd" else \
             messi_factorize(X, k, rank, sample_weight, **settings)
     S, S_inv = whitening(moments.to(X.device))  # moments are collected on the CPU; the matrix may be elsewhere
-    white = factorize((X.double() @ S).to(X.dtype), method, k, rank, sample_weight, **settings)
+    white = factorize(whiten_rows(X, S), method, k, rank, sample_weight, **settings)
     bases = (white.bases.double() @ S_inv).to(X.dtype)
     return Factors(white.coords.to(X.dtype), bases, white.labels)

@@ -13,11 +13,12 @@ from torch import nn
 from .allocate import messi_params, same_size_rank, svd_params
 from .config import DEFAULT_GROUP_4BIT, ORIENTATIONS
 from .errors import MessiError
-from .factorize import compression, factorize, parameter_count, relative_error, whitening
+from .factorize import compression, factorize, parameter_count, relative_error, whiten_rows, whitening
 from .families import Family
 from .layers import FactorizedEmbedding, ProjectiveEmbedding, _LowRankEmbedding
 from .linear import FactorizedLinear, ProjectiveLinear
 from .quantize import rank_for_bytes, refit_bases
+from .subspaces import gram_matrix
 from .targets import install_embedding, install_linear, is_tied
 
 
@@ -57,7 +58,7 @@ def fit_embedding_to_size(model, emb, config, weights, settings, metric=None) ->
         factors = factorize(A, config.method, config.k, rank, weights, metric, **settings)
         layer, storage = _stored_layer(factors, emb, config.method, bits, g, weights, metric)
         with torch.no_grad():
-            err = relative_error(A, layer.weight, weights, metric)
+            err = relative_error(A, table_rows(layer), weights, metric)
         candidates.append({"bits": bits, "group_size": g, "rank": rank, "error": err, "layer": layer,
                            "storage": storage})
     if not candidates:
@@ -103,7 +104,7 @@ def _quantize_layer(layer, A, labels, bits, group_size, weights, metric, error_o
     name = layer._basis_names[0]
     _equalize_columns(layer, labels)
     layer.quantize_(bits, group_size)
-    error_of = error_of or (lambda: relative_error(A, layer.weight, weights, metric))
+    error_of = error_of or (lambda: relative_error(A, table_rows(layer), weights, metric))
     with torch.no_grad():
         before = error_of()
         kept = getattr(layer, name).detach().clone()
@@ -136,7 +137,7 @@ def _equalize_columns(layer, labels) -> None:
 def _embedding_record(A, layer, method, k, rank, weights, padding_idx, tied, metric=None) -> dict:
     n, d = A.shape
     with torch.no_grad():
-        approx = layer.weight
+        approx = table_rows(layer)
         record = {"method": method, "k": k, "rank": rank,
                   "compression": compression(n, d, k, rank),
                   "num_embeddings": n, "embedding_dim": d, "padding_idx": padding_idx,
@@ -157,12 +158,14 @@ def _embedding_record(A, layer, method, k, rank, weights, padding_idx, tied, met
 def _spectrum(M: torch.Tensor, moments=None, weights=None) -> torch.Tensor:
     """Squared singular values of M as the fit sees it (whitened by ``moments`` or rows
     weighted by ``weights``), descending."""
-    X = M.detach().double()
+    X = M.detach()
     if moments is not None:
-        X = X @ whitening(moments.to(X.device))[0]
-    if weights is not None:
-        X = X * weights.double().sqrt()[:, None]
-    return torch.linalg.svdvals(X).square()
+        X = whiten_rows(X.double() if X.shape[0] <= X.shape[1] else X, whitening(moments.to(X.device))[0])
+    if X.shape[0] <= X.shape[1]:  # wide: the singular values of the rows themselves
+        scaled = X.double() if weights is None else X.double() * weights.double().sqrt()[:, None]
+        return torch.linalg.svdvals(scaled).square()
+    # tall (a vocabulary): the eigenvalues of the (d, d) Gram matrix summed in row blocks
+    return torch.linalg.eigvalsh(gram_matrix(X, weights)).flip(0).clamp_min(0)
 
 
 def _best_fit(M, rank, method, k, search, orientations, moments, weights, settings):
@@ -175,7 +178,7 @@ def _best_fit(M, rank, method, k, search, orientations, moments, weights, settin
     def fit(kk, j, orientation):
         if orientation == "rows":
             f = factorize(M, "svd" if kk == 1 else "messi", kk, j, weights, moments, **settings)
-            approx = f.reconstruct()
+            approx = f.rows  # rebuilt a row block at a time by relative_error
         else:  # columns: the input features' vectors; weighted by their input energy
             col_w = None if moments is None else moments.diagonal().clamp_min(0).float()
             f = factorize(M.T, "messi", kk, j, col_w, **settings)
@@ -236,6 +239,12 @@ def _fit_linear_target(model, name, lin, rank, method, k, search, moments, setti
     return {**entry, "method": "svd" if kk == 1 else "messi", "k": kk, "rank": j, "orientation": orientation,
             "params_after": messi_params(out, inp, kk, j, orientation), "rel_error": err,
             "bytes_after": layer.storage_bytes(), **stored}
+
+
+def table_rows(layer: _LowRankEmbedding):
+    """The rows of a factored embedding's table, a block (a slice of row indices) at a time, for
+    ``relative_error``: the (n, d) table is never rebuilt whole."""
+    return lambda block: layer._rows(torch.arange(layer.num_embeddings, device=layer.device)[block])
 
 
 def _padding_row(A: torch.Tensor, padding_idx: int | None):

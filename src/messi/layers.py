@@ -106,6 +106,19 @@ class _LowRankEmbedding(CoordinateStorage):
         if padding_idx is not None:
             self.register_buffer("padding_vector", torch.zeros(embedding_dim))
 
+    def _hold(self, factors: Factors, padding_vector: torch.Tensor | None):
+        """Take ``factors.coords`` (n, j) as the coordinates without copying them (a vocabulary's
+        coordinates are the largest tensor of a fit: a copy would add their size to its peak
+        memory) and set the padding row (d) (zeros when None); the layer was built on the meta
+        device and its bases already set."""
+        coords = factors.coords.detach()
+        self.coords = nn.Parameter(coords if coords.is_contiguous() else coords.contiguous())
+        if self.padding_idx is not None:
+            self.padding_vector = (torch.zeros(self.embedding_dim, dtype=coords.dtype, device=coords.device)
+                                   if padding_vector is None else
+                                   padding_vector.detach().to(device=coords.device, dtype=coords.dtype).clone())
+        return self
+
     #: multiplies looked-up rows (a Gemma embedding's ``embed_scale``); None: none
     embed_scale: float | None = None
 
@@ -175,15 +188,13 @@ class FactorizedEmbedding(_LowRankEmbedding):
     @classmethod
     def from_factors(cls, factors: Factors, padding_idx: int | None = None,
                      padding_vector: torch.Tensor | None = None) -> "FactorizedEmbedding":
-        """Layer holding ``factors`` (k must be 1); ``padding_vector`` (d) is the padding row."""
+        """Layer holding ``factors`` (k must be 1; its coordinates themselves, not a copy);
+        ``padding_vector`` (d) is the padding row."""
         (n, j), d = factors.coords.shape, factors.bases.shape[2]
-        layer = cls(n, d, j, padding_idx).to(factors.coords.dtype)
-        with torch.no_grad():
-            layer.coords.copy_(factors.coords)
-            layer.basis.copy_(factors.bases[0])
-            if padding_idx is not None and padding_vector is not None:
-                layer.padding_vector.copy_(padding_vector)
-        return layer
+        with torch.device("meta"):
+            layer = cls(n, d, j, padding_idx)
+        layer.basis = nn.Parameter(factors.bases[0].detach().clone())
+        return layer._hold(factors, padding_vector)
 
     def _lookup(self, ids):
         return self._coords(ids) @ self._basis("basis")
@@ -213,16 +224,14 @@ class ProjectiveEmbedding(_LowRankEmbedding):
     @classmethod
     def from_factors(cls, factors: Factors, padding_idx: int | None = None,
                      padding_vector: torch.Tensor | None = None) -> "ProjectiveEmbedding":
-        """Layer holding ``factors``; ``padding_vector`` (d) is the padding row."""
+        """Layer holding ``factors`` (its coordinates themselves, not a copy); ``padding_vector``
+        (d) is the padding row."""
         (n, j), (k, _, d) = factors.coords.shape, factors.bases.shape
-        layer = cls(n, d, j, k, padding_idx).to(factors.coords.dtype)
-        with torch.no_grad():
-            layer.coords.copy_(factors.coords)
-            layer.bases.copy_(factors.bases)
-            layer.labels.copy_(factors.labels.to(layer.labels.dtype))
-            if padding_idx is not None and padding_vector is not None:
-                layer.padding_vector.copy_(padding_vector)
-        return layer
+        with torch.device("meta"):
+            layer = cls(n, d, j, k, padding_idx)
+        layer.bases = nn.Parameter(factors.bases.detach().clone())
+        layer.labels = factors.labels.to(device=factors.coords.device, dtype=_label_dtype(k)).clone()
+        return layer._hold(factors, padding_vector)
 
     @property
     def label_bytes(self) -> int:

@@ -39,16 +39,30 @@ def as_matrix(A, name: str = "matrix") -> torch.Tensor:
         raise MessiError(f"the {name} must be 2-D (rows x features), got shape {tuple(A.shape)}")
     if not A.is_floating_point():
         A = A.to(torch.float32)
-    if A.dtype == torch.float32 and A.numel() and float(A.abs().max()) > 1e15:
-        A = A.double()  # Gram matrices of such rows would overflow float32
     if A.dtype not in (torch.float32, torch.float64):
         A = A.to(torch.float32)
-    if not bool(torch.isfinite(A).all()):
-        bad = int((~torch.isfinite(A)).any(dim=1).sum())
+    # checked in row blocks: a whole-matrix abs() or isfinite() would double a large table's memory
+    bad, largest = 0, 0.0
+    for rows in row_blocks(A.shape[0], A.shape[1]):
+        part = A[rows]
+        finite = torch.isfinite(part)
+        bad += int((~finite).any(dim=1).sum())
+        if part.numel():
+            largest = max(largest, float(torch.where(finite, part, 0).abs().max()))
+    if bad:
         raise MessiError(
             f"the {name} has NaN or inf values in {bad} rows; clean or re-export the weights first"
         )
+    if A.dtype == torch.float32 and largest > 1e15:
+        A = A.double()  # Gram matrices of such rows would overflow float32
     return A.detach()
+
+
+def row_blocks(n: int, width: int, elements: int = _BLOCK_ELEMENTS):
+    """Slices that cut ``n`` rows of ``width`` columns into blocks of about ``elements`` numbers:
+    what every pass over a large table walks, so that no temporary is larger than a block."""
+    step = max(1, elements // max(width, 1))
+    return [slice(s, min(s + step, n)) for s in range(0, n, step)]
 
 
 def check_sample_weight(sample_weight, n: int, device=None) -> torch.Tensor | None:
@@ -128,12 +142,16 @@ def assign(X: torch.Tensor, bases: torch.Tensor, sq_norms: torch.Tensor | None =
 def coordinates(X: torch.Tensor, bases: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Coordinates (n, j) of every row of ``X`` (n, d) in the basis (k, j, d) its label picks.
 
-    One product per cluster, never a per-row copy of a basis.
+    One product per cluster and row block, never a per-row copy of a basis nor a copy of a
+    whole cluster's rows.
     """
     out = X.new_empty(X.shape[0], bases.shape[1])
-    for i in range(bases.shape[0]):
-        rows = labels == i
-        out[rows] = X[rows] @ bases[i].T
+    for block in row_blocks(X.shape[0], X.shape[1]):
+        part, which = X[block], labels[block]
+        for i in range(bases.shape[0]):
+            rows = which == i
+            if bool(rows.any()):
+                out[block][rows] = part[rows] @ bases[i].T
     return out
 
 
@@ -183,7 +201,7 @@ def _subspace_cost(gram: torch.Tensor, basis: torch.Tensor) -> float:
     return max(float(torch.trace(gram) - kept), 0.0)
 
 
-def _gram(rows: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+def gram_matrix(rows: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Gram matrix (d, d), float64, of ``rows`` (m, d), each scaled by the square root of its
     weight (m,) when given.
 
@@ -204,9 +222,17 @@ def _gram(rows: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tens
 
 def cluster_grams(X: torch.Tensor, labels: torch.Tensor, k: int,
                   weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Gram matrices (k, d, d), float64, of the (weighted) rows of every cluster."""
-    return torch.stack([_gram(X[labels == i], None if weights is None else weights[labels == i])
-                        for i in range(k)])
+    """Gram matrices (k, d, d), float64, of the (weighted) rows of every cluster, summed over
+    row blocks (no copy of a whole cluster's rows)."""
+    grams = torch.zeros(k, X.shape[1], X.shape[1], dtype=torch.float64, device=X.device)
+    for block in row_blocks(X.shape[0], X.shape[1]):
+        part, which = X[block], labels[block]
+        w = None if weights is None else weights[block]
+        for i in range(k):
+            rows = which == i
+            if bool(rows.any()):
+                grams[i] += gram_matrix(part[rows], None if w is None else w[rows])
+    return grams
 
 
 def _move_rows(grams: torch.Tensor, X: torch.Tensor, old: torch.Tensor, new: torch.Tensor,
@@ -221,9 +247,9 @@ def _move_rows(grams: torch.Tensor, X: torch.Tensor, old: torch.Tensor, new: tor
     for i in range(grams.shape[0]):
         out, into = old[moved] == i, new[moved] == i
         if bool(out.any()):
-            grams[i] -= _gram(rows[out], None if w is None else w[out])
+            grams[i] -= gram_matrix(rows[out], None if w is None else w[out])
         if bool(into.any()):
-            grams[i] += _gram(rows[into], None if w is None else w[into])
+            grams[i] += gram_matrix(rows[into], None if w is None else w[into])
 
 
 
@@ -282,7 +308,7 @@ def _refit(X: torch.Tensor, labels: torch.Tensor, residuals: torch.Tensor, k: in
                 m = min(X.shape[0], max(4 * j, X.shape[0] // (4 * k)))
                 scores = residuals if weights is None else residuals * weights
                 top = torch.topk(scores, m).indices
-                worst = _gram(X[top], None if weights is None else weights[top])
+                worst = gram_matrix(X[top], None if weights is None else weights[top])
             basis, complement = split_spectrum(worst + gram, j)
         bases.append(basis)
         complements.append(complement)
