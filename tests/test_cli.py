@@ -159,3 +159,29 @@ def test_output_aware_by_default_only_where_it_was_chosen():
                                      intermediate_size=16)
     assert default_output_texts(transformers.BertModel(config)) == DEFAULT_OUTPUT_TEXTS
     assert default_output_texts(transformers.BertForSequenceClassification(config)) == 0
+
+
+def test_a_causal_lm_table_gets_its_family_k_and_exact_rows_unless_given():
+    import transformers
+
+    from messi.cli.model_commands import _family_defaults
+    from messi.config import CalibrationSettings, CompressionConfig
+    from messi.families import CausalLM
+
+    cfg = transformers.LlamaConfig(vocab_size=60, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+    lm = transformers.LlamaForCausalLM(cfg)
+    base = CompressionConfig(k=5)
+    assert _family_defaults(base, lm, None, None).k == CausalLM.embedding_k == 20
+    assert _family_defaults(base, lm, 5, None).k == 5  # the user's k wins, even when it equals the tool's default
+    assert _family_defaults(base.replace(target="all"), lm, None, None).k == 5  # only the table's k was measured
+    assert _family_defaults(base.replace(method="svd"), lm, None, None).k == 1
+    encoder = transformers.BertModel(transformers.BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=1,
+                                                             num_attention_heads=2, intermediate_size=32))
+    assert _family_defaults(base, encoder, None, None).k == 5
+    # exact rows: only with calibration (they are its most used tokens), at most 2% of the rows
+    assert _family_defaults(base, lm, None, None).exact_rows == 0
+    calibrated = base.replace(calibration=CalibrationSettings(("glue:sst2",)))
+    assert _family_defaults(calibrated, lm, None, None).exact_rows == 60 // 50
+    assert _family_defaults(calibrated, lm, None, 0).exact_rows == 0
+    assert _family_defaults(calibrated, encoder, None, None).exact_rows == 0

@@ -333,3 +333,43 @@ def test_embedding_metric_is_what_the_fit_minimises(minilm_embedding):
 def test_bad_embedding_metric_is_named(bad):
     with pytest.raises(MessiError, match="embedding_metric must be a finite \\(384, 384\\) tensor"):
         messi.compress(messi.load_pretrained(), method="svd", ratio=0.6, calibration=CalibrationData(embedding_metric=bad))
+
+
+def _tiny_llama(vocab=300):
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+@pytest.mark.parametrize("method", ["svd", "messi"])
+def test_exact_rows_are_the_most_used_paid_for_and_reload_exactly(tmp_path, method):
+    model = _tiny_llama()
+    A = model.get_input_embeddings().weight.detach().clone()
+    w = torch.rand(300, generator=torch.Generator().manual_seed(0)) + 1
+    config = messi.CompressionConfig(method=method, k=3, ratio=0.5, n_init=1, max_iter=5, exact_rows=20)
+    messi.compress(model, config, CalibrationData(row_weights=w))
+    info, emb = model.messi_config, model.get_input_embeddings()
+    top = torch.argsort(w, descending=True)[:20]
+    assert torch.equal(emb(top[None])[0], A[top]) and info["exact_rows"] == 20
+    # the budget pays for them: the rank is the largest that fits with 20 x 32 more numbers
+    k, j = info["k"], info["rank"]
+    assert info["embedding_params_after"] == 300 * j + k * j * 32 + 20 * 32 <= 0.5 * 300 * 32
+    assert 300 * (j + 1) + k * (j + 1) * 32 + 20 * 32 > 0.5 * 300 * 32
+    assert info["embedding_params_after"] == emb.num_factor_parameters()
+    ids = torch.randint(0, 300, (1, 9), generator=torch.Generator().manual_seed(1))
+    messi.save(model, tmp_path / "out")
+    again = messi.load(tmp_path / "out")
+    assert torch.equal(again(input_ids=ids).logits, model(input_ids=ids).logits)
+    assert torch.equal(again.get_input_embeddings().exact_ids, emb.exact_ids)
+
+
+def test_exact_rows_need_calibration_and_a_table_to_spare():
+    with pytest.raises(MessiError, match="--calibration"):
+        messi.compress(_tiny_llama(), method="messi", k=2, ratio=0.5, exact_rows=5)
+    with pytest.raises(MessiError, match="whole table"):
+        messi.compress(_tiny_llama(), None, CalibrationData(row_weights=torch.rand(300) + 1), k=2, ratio=0.5, exact_rows=300)
+    with pytest.raises(MessiError, match="same calibration weight"):
+        messi.compress(_tiny_llama(), None, CalibrationData(row_weights=torch.ones(300)), k=2, ratio=0.5, exact_rows=5)
+    with pytest.raises(MessiError, match="target embedding"):
+        messi.CompressionConfig(target="all", exact_rows=5)

@@ -53,8 +53,10 @@ def test_gradients_reach_both_factors_and_padding_is_frozen(which):
     assert not any(b.requires_grad for b in layer.buffers())
 
 
+@pytest.mark.parametrize("width", [0, 10**9])  # MESSI's per-cluster products, and its one product of all
 @pytest.mark.parametrize("which", [0, 1])
-def test_attend_equals_product_with_table(which):
+def test_attend_equals_product_with_table(which, width, monkeypatch):
+    monkeypatch.setattr(ProjectiveEmbedding, "every_cluster_width", width)
     A = table()
     layer = layers(A, pad=2)[which]
     h = torch.randn(3, 5, 12)
@@ -67,8 +69,10 @@ def test_attend_equals_product_with_table(which):
     assert no_bias.bias is None and torch.equal(no_bias(h), layer.attend(h))
 
 
+@pytest.mark.parametrize("width", [0, 10**9])
 @pytest.mark.parametrize("which", [0, 1])
-def test_attend_gradients_equal_those_of_the_rebuilt_table(which):
+def test_attend_gradients_equal_those_of_the_rebuilt_table(which, width, monkeypatch):
+    monkeypatch.setattr(ProjectiveEmbedding, "every_cluster_width", width)
     A = table()
     layer = layers(A, pad=2)[which]
     h = torch.randn(7, 12, requires_grad=True)
@@ -121,3 +125,37 @@ def test_negative_padding_index_counts_from_the_end_and_rank_is_kept():
     layer = ProjectiveEmbedding(50, 12, 4, 3, padding_idx=-1)
     assert layer.padding_idx == 49 and layer.rank == 4 and layer.n_clusters == 3
     assert FactorizedEmbedding(50, 12, 5, padding_idx=-2).padding_idx == 48
+
+
+@pytest.mark.parametrize("width", [0, 10**9])
+@pytest.mark.parametrize("which", [0, 1])
+def test_exact_rows_are_looked_up_and_scored_exactly(which, width, monkeypatch):
+    monkeypatch.setattr(ProjectiveEmbedding, "every_cluster_width", width)
+    A = table()
+    layer = layers(A, pad=2)[which]
+    before = layer.weight.detach().clone()
+    exact = torch.tensor([7, 3, 40])
+    layer.keep_exact_(exact, A[exact])
+    table_now = layer.weight.detach()
+    assert torch.equal(table_now[exact], A[exact])  # the stored rows themselves
+    others = torch.ones(50, dtype=torch.bool)
+    others[exact] = False
+    assert torch.equal(table_now[others], before[others])  # the rest still factored
+    assert torch.equal(table_now[2], A[2])  # the padding row as before
+    h = torch.randn(4, 12)
+    assert torch.allclose(layer.attend(h), h @ table_now.T, atol=1e-5)
+    assert layer.num_exact == 3 and layer.exact_slot.dtype == torch.int16
+    assert layer.num_factor_parameters() == (50 * 4 + (4 if which == 0 else 3 * 4) * 12) + 3 * 12
+    assert "exact_rows=3" in repr(layer)
+    layer(torch.tensor([[7, 1]])).sum().backward()  # the exact rows train like the bases
+    assert layer.exact_values.grad[0].abs().sum() > 0 and layer.exact_values.grad[1:].abs().sum() == 0
+
+
+def test_exact_rows_must_be_distinct_rows_of_the_table():
+    layer = layers(table())[1]
+    with pytest.raises(ValueError, match="distinct"):
+        layer.keep_exact_(torch.tensor([1, 1]), torch.zeros(2, 12))
+    with pytest.raises(ValueError, match="distinct and in"):
+        layer.keep_exact_(torch.tensor([50]), torch.zeros(1, 12))
+    with pytest.raises(ValueError, match="rows"):
+        layer.keep_exact_(torch.tensor([1]), torch.zeros(1, 11))

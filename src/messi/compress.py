@@ -21,7 +21,7 @@ from .clustering import check_sample_weight
 from .config import CompressionConfig
 from .errors import MessiError
 from .factorize import check_rank, rank_for_ratio
-from .fit import fit_embedding, fit_embedding_to_size
+from .fit import exact_row_ids, fit_embedding, fit_embedding_to_size
 from .layers import CoordinateStorage
 from .layerwise import compress_layers
 from .targets import distinct_state, input_embedding
@@ -69,9 +69,12 @@ def compress(model: nn.Module, config: CompressionConfig | None = None, calibrat
                 **fit_embedding_to_size(model, emb, config, weights, settings, metric)}
     elif target == "embedding":
         n, d = emb.weight.shape
-        rank = rank_for_ratio(n, d, k, config.ratio) if config.rank is None else check_rank(config.rank, d)
+        exact = exact_row_ids(weights, config.exact_rows, n)
+        rank = (rank_for_ratio(n, d, k, config.ratio, config.exact_rows) if config.rank is None else
+                check_rank(config.rank, d))
         info = {"target": "embedding", "ratio": config.ratio,
-                **fit_embedding(model, emb, method, k, rank, weights, settings, metric, config.bits, config.group_size)}
+                **fit_embedding(model, emb, method, k, rank, weights, settings, metric, config.bits, config.group_size,
+                                exact)}
     else:
         info = compress_layers(model, target, method, config.ratio, k, config.allocation, calibration.activations,
                                calibration.inputs, emb, weights, settings, config.activation_aware, metric,

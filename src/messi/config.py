@@ -76,6 +76,9 @@ class CompressionConfig:
     k : subspaces of MESSI; with target "linear"/"all" and the global allocation, the largest
         k tried per layer.
     rank : subspace dimension j (target "embedding" only); None: the largest j reaching ratio.
+    exact_rows : (target "embedding", with calibration row weights) keep this many rows, those of
+        the largest weights (the most used tokens), exact beside the factors; they count in the
+        budget (ratio then gives a smaller rank) and the fit spends nothing on them.
     target : "embedding", "linear" (every Linear of the model's numbered blocks) or "all".
     allocation : how "linear"/"all" spend the budget: "global", "uniform" or "shared-rank".
     bits : None (float factors) or 8 / 4: coordinates stored as integers with fp16 scales, bases
@@ -93,6 +96,7 @@ class CompressionConfig:
     size: float | None = None
     k: int = 3
     rank: int | None = None
+    exact_rows: int = 0
     target: str = "embedding"
     allocation: str = "global"
     bits: int | None = None
@@ -132,6 +136,10 @@ class CompressionConfig:
             object.__setattr__(self, "rank", checks.integer("rank", self.rank, 1))
             if self.target != "embedding":
                 raise MessiError("rank is chosen per layer for target linear/all; give ratio instead")
+        object.__setattr__(self, "exact_rows", checks.integer("exact_rows", self.exact_rows, 0))
+        if self.exact_rows and (self.target != "embedding" or self.size is not None):
+            raise MessiError("exact_rows keeps rows of the embedding table exact: use it with target embedding "
+                             "and --ratio or --rank (not --size)")
         object.__setattr__(self, "seed", checks.seed("seed", self.seed))
         object.__setattr__(self, "n_init", checks.integer("n_init", self.n_init, 1))
         object.__setattr__(self, "max_iter", checks.integer("max_iter", self.max_iter, 1))

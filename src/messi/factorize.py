@@ -46,14 +46,16 @@ class Factors:
         return self.rows(slice(None))
 
 
-def parameter_count(n: int, d: int, k: int, rank: int) -> int:
-    """Stored numbers of a k-subspace factorisation: n*j coordinates + k*j*d basis entries."""
-    return n * rank + k * rank * d
+def parameter_count(n: int, d: int, k: int, rank: int, exact_rows: int = 0) -> int:
+    """Stored numbers of a k-subspace factorisation: n*j coordinates + k*j*d basis entries,
+    plus d for each of ``exact_rows`` rows stored exactly beside the factors."""
+    return n * rank + k * rank * d + exact_rows * d
 
 
-def compression(n: int, d: int, k: int, rank: int) -> float:
-    """1 - new/old parameters for an (n, d) matrix stored as k subspaces of dimension ``rank``."""
-    return 1.0 - parameter_count(n, d, k, rank) / (n * d)
+def compression(n: int, d: int, k: int, rank: int, exact_rows: int = 0) -> float:
+    """1 - new/old parameters for an (n, d) matrix stored as k subspaces of dimension ``rank``
+    (and ``exact_rows`` exact rows)."""
+    return 1.0 - parameter_count(n, d, k, rank, exact_rows) / (n * d)
 
 
 def check_ratio(ratio: float) -> float:
@@ -63,19 +65,21 @@ def check_ratio(ratio: float) -> float:
     return float(ratio)
 
 
-def rank_for_ratio(n: int, d: int, k: int, ratio: float) -> int:
-    """Largest j whose compression of an (n, d) matrix with k subspaces is at least ``ratio``."""
+def rank_for_ratio(n: int, d: int, k: int, ratio: float, exact_rows: int = 0) -> int:
+    """Largest j whose compression of an (n, d) matrix with k subspaces (and ``exact_rows``
+    exact rows) is at least ``ratio``."""
     check_ratio(ratio)
     if k < 1:
         raise MessiError(f"k must be >= 1, got {k}")
     # compression falls as j grows: bisect for the first j in 1..d-1 that misses the ratio, with
     # the very function that reports the compression (no float disagreement at the boundary)
-    j = bisect.bisect_left(range(1, d), True, key=lambda j: compression(n, d, k, j) < ratio)
+    j = bisect.bisect_left(range(1, d), True, key=lambda j: compression(n, d, k, j, exact_rows) < ratio)
     if j < 1:
-        best = compression(n, d, k, 1)
+        best = compression(n, d, k, 1, exact_rows)
+        exact = f" and {exact_rows} exact rows" if exact_rows else ""
         raise MessiError(
-            f"no rank >= 1 reaches {ratio:.0%} compression with k={k} on a {n} x {d} matrix "
-            f"(rank 1 gives {best:.1%}); lower the ratio or k"
+            f"no rank >= 1 reaches {ratio:.0%} compression with k={k}{exact} on a {n} x {d} matrix "
+            f"(rank 1 gives {best:.1%}); lower the ratio or k{' or the exact rows' if exact_rows else ''}"
         )
     return j
 

@@ -32,11 +32,38 @@ def _embedding_layer(factors, emb: nn.Embedding, method: str) -> _LowRankEmbeddi
     return layer
 
 
-def fit_embedding(model, emb, method, k, rank, weights, settings, metric=None, bits=None, group_size=None) -> dict:
+def fit_embedding(model, emb, method, k, rank, weights, settings, metric=None, bits=None, group_size=None,
+                  exact=None) -> dict:
     """Fit and install the embedding at (method, k, rank), its coordinates stored in ``bits``
-    (None: floats); its messi.json fields."""
-    factors = factorize(emb.weight.detach(), method, k, rank, weights, metric, **settings)
-    return install_embedding_factors(model, emb, factors, method, k, rank, weights, metric, bits, group_size)
+    (None: floats), the rows ``exact`` (m,) (None: none) kept exact and left out of the fit;
+    its messi.json fields."""
+    factors = factorize(emb.weight.detach(), method, k, rank, without_rows(weights, exact), metric, **settings)
+    return install_embedding_factors(model, emb, factors, method, k, rank, weights, metric, bits, group_size, exact)
+
+
+def exact_row_ids(weights: torch.Tensor | None, m: int, n: int) -> torch.Tensor | None:
+    """The ``m`` rows (m,) of the largest calibration weights (the most used tokens), ties broken
+    by row order; None when m is 0. MessiError when nothing ranks the rows."""
+    if not m:
+        return None
+    if weights is None:
+        raise MessiError("exact rows are the most used tokens of the calibration text: give --calibration "
+                         "(or row_weights in CalibrationData), or leave --exact-rows at 0")
+    if m >= n:
+        raise MessiError(f"--exact-rows {m} keeps the whole table of {n} rows; give fewer than {n}")
+    if bool((weights == weights[0]).all()):
+        raise MessiError("every row has the same calibration weight (--weight-power 0?): nothing says which "
+                         "rows are used most; give a positive --weight-power or leave --exact-rows at 0")
+    return torch.sort(torch.argsort(weights, descending=True, stable=True)[:m]).values
+
+
+def without_rows(weights: torch.Tensor | None, rows: torch.Tensor | None) -> torch.Tensor | None:
+    """``weights`` (n,) with ``rows`` set to 0 (rows stored exactly: the fit spends nothing on them)."""
+    if rows is None:
+        return weights
+    out = weights.clone()
+    out[rows.to(out.device)] = 0
+    return out
 
 
 def fit_embedding_to_size(model, emb, config, weights, settings, metric=None) -> dict:
@@ -73,19 +100,23 @@ def fit_embedding_to_size(model, emb, config, weights, settings, metric=None) ->
 
 
 def install_embedding_factors(model, emb, factors, method, k, rank, weights, metric=None, bits=None,
-                              group_size=None) -> dict:
-    """Swap in the factored embedding holding ``factors`` (and the tied head); its messi.json fields."""
-    layer, storage = _stored_layer(factors, emb, method, bits, group_size, weights, metric)
+                              group_size=None, exact=None) -> dict:
+    """Swap in the factored embedding holding ``factors`` (and the tied head), the rows ``exact``
+    kept exact; its messi.json fields."""
+    layer, storage = _stored_layer(factors, emb, method, bits, group_size, weights, metric, exact)
     return _install_layer(model, emb, layer, method, k, rank, weights, metric, storage)
 
 
-def _stored_layer(factors, emb, method, bits, group_size, weights, metric):
-    """The factored embedding of ``factors``, its coordinates quantized to ``bits`` (None: kept
-    float), and the storage's messi.json fields."""
+def _stored_layer(factors, emb, method, bits, group_size, weights, metric, exact=None):
+    """The factored embedding of ``factors``, the rows ``exact`` (m,) kept exact (None: none),
+    its coordinates quantized to ``bits`` (None: kept float), and the storage's messi.json fields."""
     layer = _embedding_layer(factors, emb, method)
+    if exact is not None:
+        layer.keep_exact_(exact, emb.weight.detach()[exact.to(emb.weight.device)])
     if bits is None:
         return layer, {}
-    return layer, _quantize_layer(layer, emb.weight.detach(), factors.labels, bits, group_size, weights, metric)
+    return layer, _quantize_layer(layer, emb.weight.detach(), factors.labels, bits, group_size,
+                                  without_rows(weights, exact), metric)
 
 
 def _install_layer(model, emb, layer, method, k, rank, weights, metric, storage) -> dict:
@@ -136,18 +167,21 @@ def _equalize_columns(layer, labels) -> None:
 
 def _embedding_record(A, layer, method, k, rank, weights, padding_idx, tied, metric=None) -> dict:
     n, d = A.shape
+    exact = layer.num_exact
     with torch.no_grad():
         approx = table_rows(layer)
         record = {"method": method, "k": k, "rank": rank,
-                  "compression": compression(n, d, k, rank),
+                  "compression": compression(n, d, k, rank, exact),
                   "num_embeddings": n, "embedding_dim": d, "padding_idx": padding_idx,
-                  "embedding_params_before": n * d, "embedding_params_after": parameter_count(n, d, k, rank),
+                  "embedding_params_before": n * d, "embedding_params_after": parameter_count(n, d, k, rank, exact),
                   "embedding_bytes_before": A.numel() * A.element_size(),
                   "embedding_bytes_after": layer.storage_bytes(),
                   "label_bytes": getattr(layer, "label_bytes", 0), "rel_error": relative_error(A, approx),
                   "tied_output": tied}
         if layer.embed_scale is not None:
             record["embed_scale"] = layer.embed_scale
+        if exact:
+            record["exact_rows"] = exact
         if weights is not None:
             record["weighted_rel_error"] = relative_error(A, approx, weights)
         if metric is not None:  # what the fit minimised: the output-side error, rows weighted

@@ -65,6 +65,8 @@ def _validate_embedding(info: dict, file: Path) -> None:
     pad = info.get("padding_idx")
     if pad is not None:
         _int(info, "padding_idx", 0, n - 1, file)
+    if "exact_rows" in info:
+        _int(info, "exact_rows", 0, n - 1, file)
     _validate_storage(info, file)
     scale = info.get("embed_scale")
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not 0 < scale < 1e6):
@@ -321,6 +323,9 @@ def _expected_shapes(info: dict) -> dict[str, list[int]]:
         n, d, j, k = emb["num_embeddings"], emb["embedding_dim"], emb["rank"], emb["k"]
         expected.update(_coordinate_shapes("coords", n, j, emb))
         expected.update({"basis": [j, d]} if emb["method"] == "svd" else {"bases": [k, j, d], "labels": [n]})
+        if emb.get("exact_rows"):
+            m = emb["exact_rows"]
+            expected.update({"exact_values": [m, d], "exact_ids": [m], "exact_slot": [n]})
     for e in info.get("linear_layers", []):
         name, inp, out, j = e["name"], e["in_features"], e["out_features"], e["rank"]
         if e["method"] == "svd":

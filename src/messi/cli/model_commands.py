@@ -27,6 +27,7 @@ from ..perplexity import eval_ppl as run_eval_ppl
 from ..persist import save
 from ..sts_study import OTHER_TASKS, Setting, Study, bytes_table, demo_settings
 from ..sts_study import write_report as write_sts_report
+from ..targets import input_embedding
 from .common import DATA, DEFAULT_K, MODEL_HELP, app, console, friendly, info_table
 from .glue_commands import _glue_found, _run_sweep
 
@@ -38,8 +39,9 @@ def compress(
     model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
     method: str = typer.Option("messi", "--method", help="svd (one subspace) or messi (k subspaces)."),
     ratio: float = typer.Option(0.4, "--ratio", help="Target compression of the targeted parameters, 1 - new/old, in (0, 1)."),
-    k: int = typer.Option(DEFAULT_K, "--k", help="Number of subspaces (messi); with --target linear/all and "
-                          "--allocation global, the largest k tried per layer."),
+    k: Optional[int] = typer.Option(None, "--k", help="Number of subspaces (messi); with --target linear/all and "
+                                    f"--allocation global, the largest k tried per layer. Default: {DEFAULT_K}; "
+                                    "20 for a causal LM's embedding table (measured: docs/benchmarks.md)."),
     target: str = typer.Option("embedding", "--target", help="What to compress: embedding (the input embedding), "
                                "linear (every nn.Linear of the encoder blocks) or all (both, one budget)."),
     allocation: str = typer.Option("global", "--allocation", help="linear/all: global (per-layer ranks by measured "
@@ -53,6 +55,9 @@ def compress(
                                          "of the original table's (e.g. 0.03); the rank and bits (8 or 4, unless "
                                          "--bits) with the lowest fit error within it are chosen."),
     rank: Optional[int] = typer.Option(None, "--rank", help="Subspace dimension j; default: the largest reaching --ratio."),
+    exact_rows: Optional[int] = typer.Option(None, "--exact-rows", help="Keep this many rows of the embedding table, the "
+                                             "calibration text's most used tokens, exact beside the factors (they count "
+                                             "in --ratio). Default: 0; 4000 for a causal LM's table with MESSI."),
     seed: int = typer.Option(0, "--seed", help="Seed of the clustering."),
     n_init: int = typer.Option(4, "--n-init", help="Clustering restarts; the lowest cost wins."),
     max_iter: int = typer.Option(50, "--max-iter", help="Most EM steps per restart."),
@@ -88,16 +93,21 @@ def compress(
     checks.integer("--n-init", n_init, 1, 1000)  # the command line's sanity caps; the library has none
     checks.integer("--max-iter", max_iter, 1, 100_000)
     config = _config_from_flags(
-        method=method, ratio=ratio, size=size, bits=bits, group_size=group_size, k=k, rank=rank, target=target, allocation=allocation, seed=seed, n_init=n_init,
+        method=method, ratio=ratio, size=size, bits=bits, group_size=group_size, k=DEFAULT_K if k is None else k, rank=rank,
+        exact_rows=0 if exact_rows is None else exact_rows, target=target, allocation=allocation, seed=seed, n_init=n_init,
         max_iter=max_iter, loss=loss, init_size=checks.integer("--init-size", init_size, 0) or None)
     check_writable_target(out_dir, replace=overwrite, is_ours=check_replaceable)
-    if target != "embedding" and not calibration and _glue_found(data_dir):
-        calibration = list(DEFAULT_SOURCES)
-        console.print(f"calibration text: {', '.join(calibration)} (train splits; give --calibration to change)")
+
+    def settings(sources) -> CalibrationSettings:
+        return CalibrationSettings(tuple(sources), weight_alpha, weight_power, output_texts, text_column)
+
     if calibration:  # a bad rule fails here, before the model loads
-        config = config.replace(calibration=CalibrationSettings(tuple(calibration), weight_alpha, weight_power,
-                                                                output_texts, text_column))
+        config = config.replace(calibration=settings(calibration))
     net = load_pretrained(model)
+    if not calibration and (target != "embedding" or family_of(net).calibrate_table) and _glue_found(data_dir):
+        config = config.replace(calibration=settings(DEFAULT_SOURCES))
+        console.print(f"calibration text: {', '.join(DEFAULT_SOURCES)} (train splits; give --calibration to change)")
+    config = _family_defaults(config, net, k, exact_rows)
     # the compressed folder is smaller than the model: its bytes bound what the save needs
     check_free_space(out_dir.parent, model_bytes(net), "writing the compressed model")
     report = getattr(net, "messi_load_report", None)
@@ -152,6 +162,27 @@ def default_output_texts(net) -> int:
     (the output-aware fit was chosen on such a model's zero-shot STS-B train pairs), 0 for a
     model with a task head, for which nothing chose it."""
     return family_of(net).default_output_texts
+
+
+def _family_defaults(config: CompressionConfig, net, k: int | None, exact_rows: int | None) -> CompressionConfig:
+    """``config`` with the model family's own k and exact rows for its embedding table, each
+    where its flag was not given (a causal LM's vocabulary: ``families.CausalLM``); both were
+    measured with MESSI on the table alone, so only there."""
+    family = family_of(net)
+    if config.method != "messi" or config.target != "embedding":
+        return config
+    if k is None and family.embedding_k is not None:
+        console.print(f"k: {family.embedding_k} subspaces, the default for a {family.name} table (give --k to change)")
+        config = config.replace(k=family.embedding_k)
+    if exact_rows is not None or not family.embedding_exact_rows or config.calibration is None or config.size is not None:
+        return config
+    # at most 2% of the rows: Gemma's 4,000 are 1.5% of its 262,144 (a small vocabulary has no long tail)
+    rows = min(family.embedding_exact_rows, input_embedding(net).num_embeddings // 50)
+    if rows:
+        console.print(f"exact rows: the {rows} most used tokens, the default for a {family.name} table "
+                      "(give --exact-rows to change)")
+        config = config.replace(exact_rows=rows)
+    return config
 
 
 #: CompressionConfig's fields as the flags that set them (its errors name the flag).
