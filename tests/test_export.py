@@ -74,14 +74,16 @@ def test_other_formats_and_a_missing_extra_are_one_line(tiny_folder, monkeypatch
     assert result.exit_code == 2 and "pip install 'messi[onnx]'" in result.output
 
 
-def test_a_causal_lm_exports_its_logits_with_the_tied_head_factored(tmp_path):
+@pytest.mark.parametrize("exact_rows", [0, 300])
+def test_a_causal_lm_exports_its_logits_with_the_tied_head_factored(tmp_path, exact_rows):
     import onnx
 
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                    num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
-    model = messi.compress(transformers.LlamaForCausalLM(cfg).eval(), method="messi", k=3, ratio=0.5, bits=4,
-                           n_init=1, max_iter=5)
+    weights = messi.CalibrationData(row_weights=torch.rand(30522, generator=torch.Generator().manual_seed(0)) + 1)
+    model = messi.compress(transformers.LlamaForCausalLM(cfg).eval(), None, weights if exact_rows else None,
+                           method="messi", k=3, ratio=0.5, bits=4, n_init=1, max_iter=5, exact_rows=exact_rows)
     messi.save(model, tmp_path / "lm", tokenizer=messi.load_tokenizer())
     info = messi.export.export_onnx(tmp_path / "lm", tmp_path / "lm_onnx")
     assert (info["output"], info["family"]) == ("logits", "causal-lm") and info["check"]["max_abs_diff"] < 1e-4

@@ -96,6 +96,7 @@ def info_table(info: dict, title: str) -> Table:
             ("embedding storage", "float" if emb.get("bits") is None else
              f"{emb['bits']}-bit coordinates (groups of {emb.get('group_size') or 'a row'}), fp16 bases"),
             ("cluster-id bytes (buffer)", _fmt(emb.get("label_bytes", 0), ",")),
+            ("rows kept exact (most used tokens)", _fmt(emb.get("exact_rows", 0), ",")),
             ("rel_error |A-A'|^2/|A|^2", _fmt(emb.get("rel_error"), ".5f")),
         ]
         if "weighted_rel_error" in emb:
