@@ -179,9 +179,10 @@ def test_a_causal_lm_table_gets_its_family_k_and_exact_rows_unless_given():
     encoder = transformers.BertModel(transformers.BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=1,
                                                              num_attention_heads=2, intermediate_size=32))
     assert _family_defaults(base, encoder, None, None).k == 5
-    # exact rows: only with calibration (they are its most used tokens), at most 2% of the rows
+    # exact rows: only with calibration (they are its most used tokens), a share of the budget
     assert _family_defaults(base, lm, None, None).exact_rows == 0
-    calibrated = base.replace(calibration=CalibrationSettings(("glue:sst2",)))
-    assert _family_defaults(calibrated, lm, None, None).exact_rows == 60 // 50
+    calibrated = base.replace(calibration=CalibrationSettings(("glue:sst2",)), ratio=0.5)
+    assert _family_defaults(calibrated, lm, None, None).exact_rows == int(CausalLM.embedding_exact_share * 0.5 * 60)
+    assert _family_defaults(calibrated.replace(rank=4), lm, None, None).exact_rows == 0  # no budget to share
     assert _family_defaults(calibrated, lm, None, 0).exact_rows == 0
     assert _family_defaults(calibrated, encoder, None, None).exact_rows == 0

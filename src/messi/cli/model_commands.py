@@ -57,7 +57,8 @@ def compress(
     rank: Optional[int] = typer.Option(None, "--rank", help="Subspace dimension j; default: the largest reaching --ratio."),
     exact_rows: Optional[int] = typer.Option(None, "--exact-rows", help="Keep this many rows of the embedding table, the "
                                              "calibration text's most used tokens, exact beside the factors (they count "
-                                             "in --ratio). Default: 0; 4000 for a causal LM's table with MESSI."),
+                                             "in --ratio). Default: 0; for a causal LM's table with MESSI, a quarter "
+                                             "of its --ratio budget (Gemma -50%: 32,768 rows)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the clustering."),
     n_init: int = typer.Option(4, "--n-init", help="Clustering restarts; the lowest cost wins."),
     max_iter: int = typer.Option(50, "--max-iter", help="Most EM steps per restart."),
@@ -174,13 +175,14 @@ def _family_defaults(config: CompressionConfig, net, k: int | None, exact_rows: 
     if k is None and family.embedding_k is not None:
         console.print(f"k: {family.embedding_k} subspaces, the default for a {family.name} table (give --k to change)")
         config = config.replace(k=family.embedding_k)
-    if exact_rows is not None or not family.embedding_exact_rows or config.calibration is None or config.size is not None:
+    if (exact_rows is not None or not family.embedding_exact_share or config.calibration is None
+            or config.size is not None or config.rank is not None):  # the share is of the --ratio budget
         return config
-    # at most 2% of the rows: Gemma's 4,000 are 1.5% of its 262,144 (a small vocabulary has no long tail)
-    rows = min(family.embedding_exact_rows, input_embedding(net).num_embeddings // 50)
+    n = input_embedding(net).num_embeddings
+    rows = min(int(family.embedding_exact_share * (1 - config.ratio) * n), n - 1)
     if rows:
-        console.print(f"exact rows: the {rows} most used tokens, the default for a {family.name} table "
-                      "(give --exact-rows to change)")
+        console.print(f"exact rows: the {rows:,} most used tokens ({family.embedding_exact_share:.0%} of the table's "
+                      f"budget), the default for a {family.name} table (give --exact-rows to change)")
         config = config.replace(exact_rows=rows)
     return config
 
