@@ -4,6 +4,7 @@
     python benchmarks/llm.py [--ratios 0.5,0.8] [--max-tokens 8192]   # resumable: results/llm.json + PNG
     python benchmarks/llm.py --heal-steps 50,100,200                  # + healing of MESSI calibrated
     python benchmarks/llm.py --bytes                                  # + the table in bytes vs RTN
+    python benchmarks/llm.py --best                                   # + the default fit (k=20, exact rows)
 
 Cells: SVD and MESSI k=5 at each ratio, plain and calibrated (rows weighted by (count + alpha)
 ** 1 over the SST-2, CoLA, MRPC and RTE *train* texts; the fit under the head-side metric E[h h^T]
@@ -38,6 +39,7 @@ import messi
 from cells import Cells
 from messi import CalibrationData, CompressionConfig
 from messi.calibration import DEFAULT_SOURCES, calibrate, calibration_batches, output_metric, read_all
+from messi.families import family_of
 from messi.io import save_png
 from messi.perplexity import held_out_texts, perplexity
 
@@ -59,6 +61,7 @@ def main() -> None:
     p.add_argument("--heal-lr", type=float, default=3e-5)
     p.add_argument("--heal-train", default="bases")
     p.add_argument("--bytes", action="store_true", help="also RTN of the table vs MESSI --size, in bytes")
+    p.add_argument("--best", action="store_true", help="also the default fit of a causal LM's table (k=20, exact rows)")
     p.add_argument("--sizes", default="0.15,0.1,0.06")
     args = p.parse_args()
     console, out = Console(), RESULTS / "llm.json"
@@ -104,6 +107,24 @@ def main() -> None:
                             **score(model)}
 
                 run(key, cell)
+
+        def best(ratio=ratio):  # what `messi compress --model gemma3-270m --ratio R` does
+            model = messi.load_pretrained(MODEL)
+            family = family_of(model)
+            exact = family.default_exact_rows(model.get_input_embeddings().num_embeddings, ratio)
+            cal = calibration(model)
+            start = time.perf_counter()
+            messi.compress(model, CompressionConfig(method="messi", ratio=ratio, k=family.embedding_k,
+                                                    exact_rows=exact), cal, verbose=True)
+            info = model.messi_config
+            return {"method": f"messi k={family.embedding_k} + {exact:,} exact rows (the default)", "ratio": ratio,
+                    "calibrated": True, "rank": info["rank"], "fit_seconds": time.perf_counter() - start,
+                    "peak_rss_gb": peak_rss_gb(), "table_bytes": info["embedding_bytes_before"],
+                    "bytes_after": info["embedding_bytes_after"], "rel_error": info["rel_error"],
+                    "output_rel_error": info.get("output_rel_error"), **score(model)}
+
+        if args.best:
+            run(f"best|{ratio}|cal a{args.alpha:g}|{args.max_tokens}", best)
         if args.heal_steps:
             heal_cells(run, ratio, args, calibration, score)
     if args.bytes:

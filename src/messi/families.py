@@ -115,6 +115,11 @@ class Family:
     #: share of the table's parameter budget spent on rows kept exact (the most used tokens)
     #: when the user gives no number
     embedding_exact_share: float = 0.0
+
+    def default_exact_rows(self, num_embeddings: int, ratio: float) -> int:
+        """Rows kept exact by default in a table of ``num_embeddings`` rows compressed by
+        ``ratio``: ``embedding_exact_share`` of its parameter budget, a row costing d numbers."""
+        return min(int(self.embedding_exact_share * (1 - ratio) * num_embeddings), num_embeddings - 1)
     #: whether `messi compress` calibrates the embedding table on the default text unasked
     calibrate_table: bool = False
 

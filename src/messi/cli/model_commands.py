@@ -178,8 +178,7 @@ def _family_defaults(config: CompressionConfig, net, k: int | None, exact_rows: 
     if (exact_rows is not None or not family.embedding_exact_share or config.calibration is None
             or config.size is not None or config.rank is not None):  # the share is of the --ratio budget
         return config
-    n = input_embedding(net).num_embeddings
-    rows = min(int(family.embedding_exact_share * (1 - config.ratio) * n), n - 1)
+    rows = family.default_exact_rows(input_embedding(net).num_embeddings, config.ratio)
     if rows:
         console.print(f"exact rows: the {rows:,} most used tokens ({family.embedding_exact_share:.0%} of the table's "
                       f"budget), the default for a {family.name} table (give --exact-rows to change)")
