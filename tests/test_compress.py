@@ -364,6 +364,19 @@ def test_exact_rows_are_the_most_used_paid_for_and_reload_exactly(tmp_path, meth
     assert torch.equal(again.get_input_embeddings().exact_ids, emb.exact_ids)
 
 
+@pytest.mark.parametrize("value, match", [(7, "exact_values"), (300, "exact_rows"), (-1, "exact_rows")])
+def test_a_folder_whose_exact_rows_disagree_with_its_tensors_is_refused(tmp_path, value, match):
+    model = _tiny_llama()
+    config = messi.CompressionConfig(method="messi", k=2, ratio=0.5, n_init=1, max_iter=3, exact_rows=10)
+    messi.compress(model, config, CalibrationData(row_weights=torch.rand(300) + 1))
+    messi.save(model, tmp_path / "out")
+    info = json.loads((tmp_path / "out" / "messi.json").read_text())
+    info["exact_rows"] = value
+    (tmp_path / "out" / "messi.json").write_text(json.dumps(info))
+    with pytest.raises(MessiError, match=match):
+        messi.load(resign(tmp_path / "out"))
+
+
 def test_exact_rows_need_calibration_and_a_table_to_spare():
     with pytest.raises(MessiError, match="--calibration"):
         messi.compress(_tiny_llama(), method="messi", k=2, ratio=0.5, exact_rows=5)
