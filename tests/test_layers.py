@@ -53,12 +53,18 @@ def test_gradients_reach_both_factors_and_padding_is_frozen(which):
     assert not any(b.requires_grad for b in layer.buffers())
 
 
-@pytest.mark.parametrize("width", [0, 10**9])  # MESSI's per-cluster products, and its one product of all
-@pytest.mark.parametrize("which", [0, 1])
-def test_attend_equals_product_with_table(which, width, monkeypatch):
-    monkeypatch.setattr(ProjectiveEmbedding, "every_cluster_width", width)
+@pytest.fixture(params=[("svd", 0), ("messi", 1), ("messi one product", 1)], ids=lambda p: p[0])
+def padded(request, monkeypatch):
+    """(A, a factored layer of A with padding row 2): SVD, and MESSI through both of its head
+    paths (one product per cluster; every token against every subspace in one product)."""
+    name, which = request.param
+    monkeypatch.setattr(ProjectiveEmbedding, "every_cluster_width", 10**9 if name.endswith("one product") else 0)
     A = table()
-    layer = layers(A, pad=2)[which]
+    return A, layers(A, pad=2)[which]
+
+
+def test_attend_equals_product_with_table(padded):
+    _, layer = padded
     h = torch.randn(3, 5, 12)
     assert torch.allclose(layer.attend(h), h @ layer.weight.T, atol=1e-5)
     head = TiedOutputEmbedding(layer, nn.Parameter(torch.randn(50)))
@@ -69,12 +75,8 @@ def test_attend_equals_product_with_table(which, width, monkeypatch):
     assert no_bias.bias is None and torch.equal(no_bias(h), layer.attend(h))
 
 
-@pytest.mark.parametrize("width", [0, 10**9])
-@pytest.mark.parametrize("which", [0, 1])
-def test_attend_gradients_equal_those_of_the_rebuilt_table(which, width, monkeypatch):
-    monkeypatch.setattr(ProjectiveEmbedding, "every_cluster_width", width)
-    A = table()
-    layer = layers(A, pad=2)[which]
+def test_attend_gradients_equal_those_of_the_rebuilt_table(padded):
+    _, layer = padded
     h = torch.randn(7, 12, requires_grad=True)
     g = torch.randn(7, 50)
     (layer.attend(h) * g).sum().backward()
@@ -127,12 +129,9 @@ def test_negative_padding_index_counts_from_the_end_and_rank_is_kept():
     assert FactorizedEmbedding(50, 12, 5, padding_idx=-2).padding_idx == 48
 
 
-@pytest.mark.parametrize("width", [0, 10**9])
-@pytest.mark.parametrize("which", [0, 1])
-def test_exact_rows_are_looked_up_and_scored_exactly(which, width, monkeypatch):
-    monkeypatch.setattr(ProjectiveEmbedding, "every_cluster_width", width)
-    A = table()
-    layer = layers(A, pad=2)[which]
+def test_exact_rows_are_looked_up_and_scored_exactly(padded):
+    A, layer = padded
+    which = int(isinstance(layer, ProjectiveEmbedding))
     before = layer.weight.detach().clone()
     exact = torch.tensor([7, 3, 40])
     layer.keep_exact_(exact, A[exact])
