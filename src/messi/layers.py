@@ -8,7 +8,8 @@ Both keep ``nn.Embedding``'s interface: ``forward(input_ids)``, ``num_embeddings
 ``embedding_dim``, ``padding_idx`` (its row is a constant buffer that gets no gradient, as in
 ``nn.Embedding``), and a ``weight`` property that rebuilds the full (n, d) table for code that
 reads it. ``attend(hidden)`` computes ``hidden @ weight.T`` without building the table, for tied
-output heads (``TiedOutputEmbedding``).
+output heads (``TiedOutputEmbedding``). ``keep_exact_`` stores some rows (a vocabulary's most
+used tokens) as they are, beside the factors: lookups and scores read them instead.
 """
 
 from __future__ import annotations
