@@ -86,3 +86,16 @@ def test_an_already_compressed_model_is_refused():
     model = messi.compress(bert(transformers.BertModel), method="svd", ratio=0.5)
     with pytest.raises(messi.MessiError, match="already compressed"):
         family_of(model).input_embedding(model)
+
+
+@pytest.mark.parametrize("kind", ["gemma3", "llama"])
+def test_a_tied_head_is_measured_for_the_whole_model_too(kind):
+    """`--target all` on a tied causal LM measures E[h h^T] for its table (the head's logits are
+    not fitted blind); an untied one and a sentence encoder keep their whole-model defaults."""
+    from messi.calibration import _measures_table_metric
+
+    assert _measures_table_metric(decoder(kind, True), "all")
+    assert not _measures_table_metric(decoder(kind, False), "all")
+    assert not _measures_table_metric(decoder(kind, True), "linear")
+    assert not _measures_table_metric(bert(transformers.BertModel), "all")
+    assert _measures_table_metric(bert(transformers.BertModel), "embedding")

@@ -332,7 +332,17 @@ def prepare(model, tokenizer, settings: CalibrationSettings, target: str = "embe
     inputs = calibration_batches(tokenizer, texts) if target != "embedding" else None
     n_out = family_of(model).default_output_texts if settings.output_texts is None else settings.output_texts
     metric = None
-    if n_out and target == "embedding":  # measured there; Linear targets keep their measured default
+    if n_out and _measures_table_metric(model, target):
         batches = calibration_batches(tokenizer, texts, max_texts=n_out)
         metric, cal.output_metric = output_metric(model, batches, pooling, progress=progress)
     return CalibrationData(row_weights=cal.weights, embedding_metric=metric, inputs=inputs, record=cal.record())
+
+
+def _measures_table_metric(model, target: str) -> bool:
+    """Whether ``prepare`` measures the table's output metric for ``target``: always for the
+    embedding alone; for "all" only where it is a tied LM head's E[h h^T] (forward passes only,
+    and without it the head's logits are fitted blind); a sentence encoder's whole-model fit keeps
+    the defaults measured without its backward-pass metric (docs/benchmarks.md section 6)."""
+    if target == "embedding":
+        return True
+    return target == "all" and family_of(model).metric_kind(model) == "head"
