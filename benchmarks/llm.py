@@ -5,6 +5,7 @@
     python benchmarks/llm.py --heal-steps 50,100,200                  # + healing of MESSI calibrated
     python benchmarks/llm.py --bytes                                  # + the table in bytes vs RTN
     python benchmarks/llm.py --best                                   # + the default fit (k=20, exact rows)
+    python benchmarks/llm.py --all-ratios 0.2,0.3,0.5 [--all-method svd] # + `--target all` (share of all parameters)
 
 Cells: SVD and MESSI k=5 at each ratio, plain and calibrated (rows weighted by (count + alpha)
 ** 1 over the SST-2, CoLA, MRPC and RTE *train* texts; the fit under the head-side metric E[h h^T]
@@ -22,6 +23,11 @@ With ``--bytes``, the table in bytes (a share of its fp32 bytes; the GGUF it cam
 Q8_0, 26.6%): round-to-nearest quantization of the whole tied table (int8 per row, 4/3/2 bits in
 groups of 32, fp16 scales) against calibrated MESSI k=5 at ``--sizes`` (``messi compress --size``:
 rank and 8 or 4 bits chosen by the fit's error).
+
+With ``--all-ratios``, ``--target all`` at those shares of every targeted parameter (the tied table
+and the 126 Linear layers of the 18 blocks, the global allocation), calibrated as `messi compress
+--target all` is (row weights, the Linear layers' input moments and sensitivities on 256 calibration
+texts, the table under the head metric): the share of ALL parameters removed is recorded beside it.
 """
 
 from __future__ import annotations
@@ -63,6 +69,8 @@ def main() -> None:
     p.add_argument("--bytes", action="store_true", help="also RTN of the table vs MESSI --size, in bytes")
     p.add_argument("--best", action="store_true", help="also the default fit of a causal LM's table (k=20, exact rows)")
     p.add_argument("--sizes", default="0.15,0.1,0.06")
+    p.add_argument("--all-ratios", default="", help="e.g. 0.2,0.3,0.5: --target all at these ratios")
+    p.add_argument("--all-method", default="messi")
     args = p.parse_args()
     console, out = Console(), RESULTS / "llm.json"
     cells = Cells(out, console)
@@ -127,10 +135,27 @@ def main() -> None:
             run(f"best|{ratio}|cal a{args.alpha:g}|{args.max_tokens}", best)
         if args.heal_steps:
             heal_cells(run, ratio, args, calibration, score)
+    for ratio in (map(float, args.all_ratios.split(",")) if args.all_ratios else ()):
+        run(f"all|{args.all_method}|{ratio}|{args.max_tokens}", lambda ratio=ratio: whole_model(ratio, args, tok, score))
     if args.bytes:
         bytes_cells(run, args, calibration, score)
         show_bytes(console, results, args.max_tokens)
     show(console, results, args.max_tokens)
+
+
+def whole_model(ratio: float, args, tok, score) -> dict:
+    """`messi compress --model gemma3-270m --target all --ratio R --method M`, scored."""
+    from messi.calibration import CalibrationSettings, prepare
+
+    model = messi.load_pretrained(MODEL)
+    start = time.perf_counter()
+    cal = prepare(model, tok, CalibrationSettings(list(DEFAULT_SOURCES), alpha=args.alpha), target="all", progress=True)
+    messi.compress(model, CompressionConfig(method=args.all_method, ratio=ratio, target="all"), cal, verbose=True)
+    info = model.messi_config
+    return {"method": args.all_method, "target": "all", "ratio": ratio, "calibrated": True,
+            "table_rank": info.get("embedding", {}).get("rank"), "seconds": time.perf_counter() - start,
+            "model_compression": info["model_compression"], "params_after": info["model_params_after"],
+            "peak_rss_gb": peak_rss_gb(), **score(model)}
 
 
 RTN = [(8, None), (4, 32), (3, 32), (2, 32)]
@@ -207,6 +232,18 @@ def heal_cells(run, ratio: float, args, calibration, score) -> None:
         run(key, cell)
 
 
+def show_whole_model(console, rows: list, base: dict) -> None:
+    table = Table(title="Gemma 3 270M, --target all (the table and every block's Linear layer, one budget)")
+    for col in ("targeted -", "all parameters -", "method", "table rank", "perplexity", "change", "next-token acc.",
+                "s (calibration + fit)", "peak RSS GB"):
+        table.add_column(col)
+    for r in sorted(rows, key=lambda r: (r["ratio"], r["method"])):
+        table.add_row(f"{r['ratio']:.0%}", f"{r['model_compression']:.1%}", r["method"], str(r["table_rank"]),
+                      f"{r['perplexity']:.2f}", f"{100 * (r['perplexity'] / base['perplexity'] - 1):+.1f}%",
+                      f"{100 * r['next_token_accuracy']:.2f}%", f"{r['seconds']:.0f}", f"{r['peak_rss_gb']:.1f}")
+    console.print(table)
+
+
 def show(console, results: dict, max_tokens: int) -> None:
     base = results[f"uncompressed|{max_tokens}"]
     table = Table(title=f"Gemma 3 270M, held-out perplexity (first {base['tokens']:,} tokens; uncompressed "
@@ -214,13 +251,16 @@ def show(console, results: dict, max_tokens: int) -> None:
     for col in ("embedding", "method", "rank", "perplexity", "change", "next-token acc.", "fit s", "peak RSS GB"):
         table.add_column(col)
     rows = [r for k, r in results.items() if not k.startswith(("uncompressed", "bytes|")) and k.endswith(f"|{max_tokens}")
-            and "heal_steps" not in r]
+            and "heal_steps" not in r and r.get("target") != "all"]
+    whole = [r for k, r in results.items() if k.startswith("all|") and k.endswith(f"|{max_tokens}")]
     healed = [r for k, r in results.items() if k.endswith(f"|{max_tokens}") and "heal_steps" in r]
     for r in sorted(rows, key=lambda r: (r["ratio"], r["method"], r["calibrated"])):
         table.add_row(f"-{r['ratio']:.0%}", f"{r['method']}{' calibrated' if r['calibrated'] else ''}", str(r["rank"]),
                       f"{r['perplexity']:.2f}", f"{100 * (r['perplexity'] / base['perplexity'] - 1):+.1f}%",
                       f"{100 * r['next_token_accuracy']:.2f}%", f"{r['fit_seconds']:.0f}", f"{r['peak_rss_gb']:.1f}")
     console.print(table)
+    if whole:
+        show_whole_model(console, whole, base)
     if healed:
         heal_table = Table(title="MESSI k=5 calibrated, then healed (bases trained; KL to the original on calibration text)")
         for col in ("embedding", "steps", "lr", "perplexity", "change", "next-token acc.", "heal s (wall)",
