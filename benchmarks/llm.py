@@ -25,7 +25,8 @@ groups of 32, fp16 scales) against calibrated MESSI k=5 at ``--sizes`` (``messi 
 rank and 8 or 4 bits chosen by the fit's error).
 
 With ``--all-ratios``, ``--target all`` at those shares of every targeted parameter (the tied table
-and the 126 Linear layers of the 18 blocks, the global allocation), calibrated as `messi compress
+and the 126 Linear layers of the 18 blocks, the global allocation, MESSI with k <= 3:
+CompressionConfig's default), calibrated as `messi compress
 --target all` is (row weights, the Linear layers' input moments and sensitivities on 256 calibration
 texts, the table under the head metric): the share of ALL parameters removed is recorded beside it.
 """
