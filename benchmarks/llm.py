@@ -46,7 +46,7 @@ import messi
 from cells import Cells
 from messi import CalibrationData, CompressionConfig
 from messi.calibration import DEFAULT_SOURCES, calibrate, calibration_batches, output_metric, read_all
-from messi.families import family_of
+from messi.families import CausalLM, family_of
 from messi.io import save_png
 from messi.perplexity import held_out_texts, perplexity
 
@@ -133,7 +133,9 @@ def main() -> None:
                     "output_rel_error": info.get("output_rel_error"), **score(model)}
 
         if args.best:
-            run(f"best|{ratio}|cal a{args.alpha:g}|{args.max_tokens}", best)
+            # the defaults in the key: a cached cell of older defaults is not shown as today's
+            run(f"best|{ratio}|k{CausalLM.embedding_k} exact {CausalLM.embedding_exact_share:g}|cal a{args.alpha:g}|"
+                f"{args.max_tokens}", best)
         if args.heal_steps:
             heal_cells(run, ratio, args, calibration, score)
     for ratio in (map(float, args.all_ratios.split(",")) if args.all_ratios else ()):
