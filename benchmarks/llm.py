@@ -45,7 +45,8 @@ from rich.table import Table
 import messi
 from cells import Cells
 from messi import CalibrationData, CompressionConfig
-from messi.calibration import DEFAULT_SOURCES, calibrate, calibration_batches, output_metric, read_all
+from messi.calibration import DEFAULT_SOURCES, calibrate, calibration_batches, output_metric, prepare, read_all
+from messi.config import CalibrationSettings
 from messi.families import CausalLM, family_of
 from messi.io import save_png
 from messi.perplexity import held_out_texts, perplexity
@@ -147,9 +148,8 @@ def main() -> None:
 
 
 def whole_model(ratio: float, args, tok, score) -> dict:
-    """`messi compress --model gemma3-270m --target all --ratio R --method M`, scored."""
-    from messi.calibration import CalibrationSettings, prepare
-
+    """`messi compress --model gemma3-270m --target all --ratio R --method M --k 3`, scored (k is
+    CompressionConfig's default, 3; the CLI's is 5)."""
     model = messi.load_pretrained(MODEL)
     start = time.perf_counter()
     cal = prepare(model, tok, CalibrationSettings(list(DEFAULT_SOURCES), alpha=args.alpha), target="all", progress=True)
@@ -253,8 +253,8 @@ def show(console, results: dict, max_tokens: int) -> None:
                         f"{base['perplexity']:.2f})")
     for col in ("embedding", "method", "rank", "perplexity", "change", "next-token acc.", "fit s", "peak RSS GB"):
         table.add_column(col)
-    rows = [r for k, r in results.items() if not k.startswith(("uncompressed", "bytes|")) and k.endswith(f"|{max_tokens}")
-            and "heal_steps" not in r and r.get("target") != "all"]
+    rows = [r for k, r in results.items() if not k.startswith(("uncompressed", "bytes|", "all|"))
+            and k.endswith(f"|{max_tokens}") and "heal_steps" not in r]
     whole = [r for k, r in results.items() if k.startswith("all|") and k.endswith(f"|{max_tokens}")]
     healed = [r for k, r in results.items() if k.endswith(f"|{max_tokens}") and "heal_steps" in r]
     for r in sorted(rows, key=lambda r: (r["ratio"], r["method"], r["calibrated"])):
