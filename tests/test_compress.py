@@ -352,11 +352,20 @@ def test_exact_rows_are_the_most_used_paid_for_and_reload_exactly(tmp_path, meth
     info, emb = model.messi_config, model.get_input_embeddings()
     top = torch.argsort(w, descending=True)[:20]
     assert torch.equal(emb(top[None])[0], A[top]) and info["exact_rows"] == 20
-    # the budget pays for them: the rank is the largest that fits with 20 x 32 more numbers
+    # the budget pays for them: they carry no coordinates, and the rank is the largest that fits
+    # with 20 x 32 more numbers
     k, j = info["k"], info["rank"]
-    assert info["embedding_params_after"] == 300 * j + k * j * 32 + 20 * 32 <= 0.5 * 300 * 32
-    assert 300 * (j + 1) + k * (j + 1) * 32 + 20 * 32 > 0.5 * 300 * 32
+    assert emb.coords.shape == (280, j) and torch.equal(emb.coordinate_tokens(), torch.sort(
+        torch.argsort(w, descending=True)[20:]).values)
+    assert info["embedding_params_after"] == 280 * j + k * j * 32 + 20 * 32 <= 0.5 * 300 * 32
+    assert 280 * (j + 1) + k * (j + 1) * 32 + 20 * 32 > 0.5 * 300 * 32
     assert info["embedding_params_after"] == emb.num_factor_parameters()
+    # the factored rows read their own coordinates, in lookups and in the tied head alike
+    rest = emb.coordinate_tokens()
+    assert torch.allclose(emb(rest[None])[0], emb.weight[rest])
+    for positions in (3, 40):  # every subspace in one product, and one product per subspace
+        hidden = torch.randn(positions, 32, generator=torch.Generator().manual_seed(2))
+        assert torch.allclose(emb.attend(hidden), hidden @ emb.weight.T, atol=1e-5)
     ids = torch.randint(0, 300, (1, 9), generator=torch.Generator().manual_seed(1))
     messi.save(model, tmp_path / "out")
     again = messi.load(tmp_path / "out")
@@ -364,7 +373,7 @@ def test_exact_rows_are_the_most_used_paid_for_and_reload_exactly(tmp_path, meth
     assert torch.equal(again.get_input_embeddings().exact_ids, emb.exact_ids)
 
 
-@pytest.mark.parametrize("value, match", [(7, "exact_values"), (300, "exact_rows"), (-1, "exact_rows")])
+@pytest.mark.parametrize("value, match", [(7, "coords|exact_values"), (300, "exact_rows"), (-1, "exact_rows")])
 def test_a_folder_whose_exact_rows_disagree_with_its_tensors_is_refused(tmp_path, value, match):
     model = _tiny_llama()
     config = messi.CompressionConfig(method="messi", k=2, ratio=0.5, n_init=1, max_iter=3, exact_rows=10)

@@ -144,7 +144,8 @@ def test_exact_rows_are_looked_up_and_scored_exactly(padded):
     h = torch.randn(4, 12)
     assert torch.allclose(layer.attend(h), h @ table_now.T, atol=1e-5)
     assert layer.num_exact == 3 and layer.exact_slot.dtype == torch.int16
-    assert layer.num_factor_parameters() == (50 * 4 + (4 if which == 0 else 3 * 4) * 12) + 3 * 12
+    assert layer.coords.shape == (47, 4)  # the exact rows' coordinates are dropped
+    assert layer.num_factor_parameters() == (47 * 4 + (4 if which == 0 else 3 * 4) * 12) + 3 * 12
     assert "exact_rows=3" in repr(layer)
     layer(torch.tensor([[7, 1]])).sum().backward()  # the exact rows train like the bases
     assert layer.exact_values.grad[0].abs().sum() > 0 and layer.exact_values.grad[1:].abs().sum() == 0

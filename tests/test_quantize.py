@@ -113,6 +113,22 @@ def test_quantized_folders_reload_exactly_in_every_precision(tmp_path, dtype):
     assert again.compression_config.bits == 4 and again.compression_config.group_size == 32
 
 
+@pytest.mark.parametrize("method", ["svd", "messi"])
+def test_exact_rows_with_quantized_coordinates_store_only_the_factored_rows_and_reload_exactly(tmp_path, method):
+    from messi.calibration import CalibrationData
+    model = tiny(transformers.BertModel)
+    n, d = model.get_input_embeddings().weight.shape
+    weights = CalibrationData(row_weights=torch.rand(n, generator=torch.Generator().manual_seed(0)) + 1)
+    messi.compress(model, None, weights, method=method, k=2, ratio=0.5, bits=8, n_init=1, max_iter=5, exact_rows=10)
+    emb = model.get_input_embeddings()
+    assert emb.coords_q.shape[0] == emb.coords_scale.shape[0] == n - 10
+    messi.save(model, tmp_path / "o")
+    again = messi.load(tmp_path / "o")
+    ids = torch.arange(n)[None, :30]
+    with torch.no_grad():
+        assert torch.equal(again(input_ids=ids).last_hidden_state, model(input_ids=ids).last_hidden_state)
+
+
 def test_size_meets_its_budget_and_records_its_candidates():
     model = messi.compress(tiny(transformers.BertModel), method="messi", k=2, size=0.15, n_init=1, max_iter=5)
     info = model.messi_config

@@ -47,9 +47,9 @@ class Factors:
 
 
 def parameter_count(n: int, d: int, k: int, rank: int, exact_rows: int = 0) -> int:
-    """Stored numbers of a k-subspace factorisation: n*j coordinates + k*j*d basis entries,
-    plus d for each of ``exact_rows`` rows stored exactly beside the factors."""
-    return n * rank + k * rank * d + exact_rows * d
+    """Stored numbers of a k-subspace factorisation: j coordinates for each of the rows not kept
+    exact, k*j*d basis entries, and d for each of ``exact_rows`` rows stored exactly."""
+    return (n - exact_rows) * rank + k * rank * d + exact_rows * d
 
 
 def compression(n: int, d: int, k: int, rank: int, exact_rows: int = 0) -> float:

@@ -133,13 +133,17 @@ def _quantize_layer(layer, A, labels, bits, group_size, weights, metric, error_o
     lowers the error the fit minimised (``error_of()``; default the table's weighted / output
     error); both kept in the layer's storage (fp16 bases). Returns the storage's messi.json fields."""
     name = layer._basis_names[0]
+    tokens = layer.coordinate_tokens()
+    if tokens is not None:  # the coordinates hold only the rows not kept exact
+        A, labels = A[tokens.to(A.device)], labels[tokens.to(labels.device)]
+        weights = None if weights is None else weights[tokens.to(weights.device)]
     _equalize_columns(layer, labels)
     layer.quantize_(bits, group_size)
     error_of = error_of or (lambda: relative_error(A, table_rows(layer), weights, metric))
     with torch.no_grad():
         before = error_of()
         kept = getattr(layer, name).detach().clone()
-        refit = refit_bases(A, layer._coords(), labels, labels.max().item() + 1 if labels.numel() else 1, weights)
+        refit = refit_bases(A, layer._coords(), labels, _cluster_count(getattr(layer, name)), weights)
         getattr(layer, name).copy_(refit.reshape(kept.shape).to(kept.dtype))
         after = error_of()
         if not after < before:
@@ -148,13 +152,18 @@ def _quantize_layer(layer, A, labels, bits, group_size, weights, metric, error_o
             "bases_dtype": "float16"}
 
 
+def _cluster_count(basis: torch.Tensor) -> int:
+    """Subspaces of a layer's basis: (k, j, d) MESSI bases, or one (j, d) SVD basis."""
+    return basis.shape[0] if basis.dim() == 3 else 1
+
+
 def _equalize_columns(layer, labels) -> None:
     """Rescale every cluster's coordinate columns to unit RMS and fold the scales into its
     basis (the same products): a subspace's first coordinates are far larger than its last, and
     one scale per row would otherwise round the small ones to zero. Measured on the built-in
     table's calibrated MESSI k=5 fits: lower output error at 4, 3 and 2 bits at every rank tried."""
     coords, basis = getattr(layer, layer._coord_name), getattr(layer, layer._basis_names[0])
-    k = int(labels.max()) + 1 if labels.numel() else 1
+    k = _cluster_count(basis)
     bases = basis.view(k, layer.rank, -1)
     with torch.no_grad():
         for i in range(k):

@@ -321,7 +321,7 @@ def _expected_shapes(info: dict) -> dict[str, list[int]]:
     emb = embedding_info(info)
     if emb is not None:
         n, d, j, k = emb["num_embeddings"], emb["embedding_dim"], emb["rank"], emb["k"]
-        expected.update(_coordinate_shapes("coords", n, j, emb))
+        expected.update(_coordinate_shapes("coords", n - (emb.get("exact_rows") or 0), j, emb))
         expected.update({"basis": [j, d]} if emb["method"] == "svd" else {"bases": [k, j, d], "labels": [n]})
         if emb.get("exact_rows"):
             m = emb["exact_rows"]

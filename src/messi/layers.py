@@ -75,6 +75,8 @@ class CoordinateStorage(nn.Module):
 
     def _coords(self, ids: torch.Tensor | None = None) -> torch.Tensor:
         """Coordinates (m, j) of the rows ``ids`` (all rows if None), dequantized if stored so."""
+        if ids is not None:
+            ids = self._coordinate_rows(ids)
         if self.bits is None:
             coords = getattr(self, self._coord_name)
             return coords if ids is None else F.embedding(ids, coords)
@@ -82,6 +84,14 @@ class CoordinateStorage(nn.Module):
         if ids is not None:
             q, scale = q[ids], scale[ids]
         return quantize.dequantize(q, scale, self.bits, self.rank, self.group_size).to(self.compute_dtype)
+
+    def _coordinate_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows of the coordinates that hold the rows ``ids`` of the layer (here the same)."""
+        return ids
+
+    def coordinate_tokens(self) -> torch.Tensor | None:
+        """Which rows the coordinates hold: None, all of them in order."""
+        return None
 
     def _basis(self, name: str) -> torch.Tensor:
         return getattr(self, name).to(self.compute_dtype)
@@ -122,19 +132,56 @@ class _LowRankEmbedding(CoordinateStorage):
         tokens: a few thousand rows carry most of any text). Adds the parameter ``exact_values``
         (m, d), the buffer ``exact_ids`` (m,) int64 and the buffer ``exact_slot`` (n,): each row's
         index in ``exact_values``, -1 for the factored rows (the smallest integer dtype that holds
-        m). The factored coordinates of those rows stay (they are not read)."""
+        m). Their coordinates are dropped: ``coords`` becomes (n - m, j), the factored rows in
+        token order (an exact row paying for coordinates nobody reads would cost the rest of
+        the table rank). Call it before ``quantize_``."""
         ids = torch.as_tensor(ids).long().reshape(-1)
         if rows.shape != (ids.numel(), self.embedding_dim):
             raise ValueError(f"exact rows need ids (m,) and rows (m, {self.embedding_dim}), got {tuple(rows.shape)}")
         if not ids.is_meta and ids.numel():  # on the meta device (loading) there is nothing to check yet
             if int(ids.min()) < 0 or int(ids.max()) >= self.num_embeddings or ids.unique().numel() != ids.numel():
                 raise ValueError(f"exact row ids must be distinct and in [0, {self.num_embeddings})")
+        if self.bits is not None or self.exact_values is not None:
+            raise ValueError("keep_exact_ goes once, before quantize_")
         device, dtype = self.device, self.compute_dtype
         slot = torch.full((self.num_embeddings,), -1, dtype=_slot_dtype(ids.numel()), device=device)
         slot[ids.to(device)] = torch.arange(ids.numel(), device=device).to(slot.dtype)
         self.exact_values = nn.Parameter(rows.detach().to(device=device, dtype=dtype).clone())
         self.exact_ids, self.exact_slot = ids.to(device), slot
+        coords = self.coords.detach()
+        kept = (torch.empty(self.num_embeddings - ids.numel(), self.rank, dtype=coords.dtype, device=coords.device)
+                if coords.is_meta else coords[(slot < 0).to(coords.device)])
+        self.coords = nn.Parameter(kept, requires_grad=self.coords.requires_grad)
         return self
+
+    def _factored_rows(self):
+        """(slot, tokens): each token's row of ``coords`` (n,) int64 (0 for exact rows: never
+        read) and the tokens that have one (n - m,) int64, in order; cached until
+        ``exact_slot`` changes (loading writes it in place)."""
+        if torch.compiler.is_compiling() and getattr(self, "_rows_plan", None) is not None:
+            return self._rows_plan[1:]  # traced for export: constants of the weights
+        key = (self.exact_slot.data_ptr(), self.exact_slot._version, self.exact_slot.device)
+        if getattr(self, "_rows_plan", None) is None or self._rows_plan[0] != key:
+            factored = self.exact_slot < 0
+            slot = (torch.cumsum(factored, 0) - 1).clamp(min=0)
+            self._rows_plan = (key, slot, torch.nonzero(factored).squeeze(1))
+        return self._rows_plan[1:]
+
+    def coordinate_tokens(self) -> torch.Tensor | None:
+        """Token ids (n - m,) whose rows ``coords`` holds, in order; None when it holds every row."""
+        return None if self.exact_slot is None else self._factored_rows()[1]
+
+    def _coordinate_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return ids if self.exact_slot is None else self._factored_rows()[0][ids]
+
+    def _spread(self, scores: torch.Tensor) -> torch.Tensor:
+        """(M, n) scores from ``scores`` (M, n - m) of the factored rows; the exact rows'
+        columns are left unset (``attend`` writes them)."""
+        if self.exact_slot is None:
+            return scores
+        out = scores.new_empty(scores.shape[0], self.num_embeddings)
+        out[:, self._factored_rows()[1]] = scores
+        return out
 
     @property
     def num_exact(self) -> int:
@@ -204,7 +251,7 @@ class _LowRankEmbedding(CoordinateStorage):
 
     def num_factor_parameters(self) -> int:
         """Numbers stored: coordinates plus bases (quantized coordinates count as numbers)."""
-        coords = self.coords.numel() if self.bits is None else self.num_embeddings * self.rank
+        coords = self.coords.numel() if self.bits is None else (self.num_embeddings - self.num_exact) * self.rank
         exact = 0 if self.exact_values is None else self.exact_values.numel()
         return coords + exact + sum(getattr(self, name).numel() for name in self._basis_names)
 
@@ -243,7 +290,7 @@ class FactorizedEmbedding(_LowRankEmbedding):
         return self._coords(ids) @ self._basis("basis")
 
     def _attend(self, hidden):
-        return (hidden @ self._basis("basis").T) @ self._coords().T
+        return self._spread((hidden @ self._basis("basis").T) @ self._coords().T)
 
 
 class ProjectiveEmbedding(_LowRankEmbedding):
@@ -311,8 +358,15 @@ class ProjectiveEmbedding(_LowRankEmbedding):
         if torch.compiler.is_compiling() and getattr(self, "_plan", None) is not None:
             return self._plan[1:]  # traced for export: the plan of the weights, as constants
         key = (self.labels.data_ptr(), self.labels._version, self.labels.device)
+        if self.exact_slot is not None:
+            key += (self.exact_slot.data_ptr(), self.exact_slot._version)
         if getattr(self, "_plan", None) is None or self._plan[0] != key:
-            self._plan = (key, *self._by_cluster(self.labels.long()))
+            tokens = self.coordinate_tokens()
+            if tokens is None:
+                self._plan = (key, *self._by_cluster(self.labels.long()))
+            else:  # the exact rows' columns are written by ``attend``
+                order, counts = self._by_cluster(self.labels[tokens].long())
+                self._plan = (key, tokens[order], counts)
         return self._plan[1:]
 
     #: Up to this many (positions x clusters), the head scores every token in every subspace in
@@ -342,9 +396,11 @@ class ProjectiveEmbedding(_LowRankEmbedding):
         projection of the M positions in one (n, j) @ (j, k M) product, then each row's own."""
         M, k, j = hidden.shape[0], self.n_clusters, self.rank
         projected = (hidden @ self._basis("bases").reshape(-1, self.embedding_dim).T).reshape(M, k, j)
-        every = self._coords() @ projected.permute(2, 1, 0).reshape(j, k * M)  # (n, k * M)
-        own = every.view(-1, k, M).gather(1, self.labels.long().view(-1, 1, 1).expand(-1, 1, M))
-        return own.view(-1, M).T.contiguous()
+        every = self._coords() @ projected.permute(2, 1, 0).reshape(j, k * M)  # (rows, k * M)
+        tokens = self.coordinate_tokens()
+        labels = (self.labels if tokens is None else self.labels[tokens]).long()
+        own = every.view(-1, k, M).gather(1, labels.view(-1, 1, 1).expand(-1, 1, M))
+        return self._spread(own.view(-1, M).T.contiguous())
 
 
 class TiedOutputEmbedding(nn.Module):

@@ -121,10 +121,10 @@ def empty_layer(info: dict) -> _LowRankEmbedding:
     with quantized storage when ``info`` has bits."""
     n, d, j, pad = info["num_embeddings"], info["embedding_dim"], info["rank"], info.get("padding_idx")
     layer = FactorizedEmbedding(n, d, j, pad) if info["method"] == "svd" else ProjectiveEmbedding(n, d, j, info["k"], pad)
+    if info.get("exact_rows"):  # first: they drop their coordinates, which quantize_ then stores
+        layer.keep_exact_(torch.arange(info["exact_rows"]), torch.zeros(info["exact_rows"], d))
     if info.get("bits") is not None:
         layer.quantize_(info["bits"], info.get("group_size"))
-    if info.get("exact_rows"):
-        layer.keep_exact_(torch.arange(info["exact_rows"]), torch.zeros(info["exact_rows"], d))
     layer.embed_scale = info.get("embed_scale")
     return layer
 
