@@ -22,8 +22,8 @@ from .config import CompressionConfig
 from .errors import MessiError
 from .factorize import check_rank, rank_for_ratio
 from .fit import exact_row_ids, fit_embedding, fit_embedding_to_size
-from .layers import CoordinateStorage
 from .layerwise import compress_layers
+from .storage import CoordinateStorage
 from .targets import distinct_state, input_embedding
 from .version import __version__
 

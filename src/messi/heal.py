@@ -33,8 +33,8 @@ from . import checks, distributed
 from .errors import MessiError
 from .families import CausalLM, family_of
 from .io import atomic_dir, write_json
-from .layers import CoordinateStorage
 from .perplexity import windows
+from .storage import CoordinateStorage
 
 CHECKPOINT_WEIGHTS, CHECKPOINT_STATE = "checkpoint.safetensors", "state.json"
 TRAIN_CHOICES = ("bases", "all")

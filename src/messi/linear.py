@@ -27,7 +27,8 @@ from torch import nn
 from .config import ORIENTATIONS
 from .errors import MessiError
 from .factorize import Factors
-from .layers import CoordinateStorage, _label_dtype
+from .layers import _label_dtype
+from .storage import CoordinateStorage
 
 
 class _FactoredLinear(CoordinateStorage):

@@ -36,8 +36,9 @@ from .folder import (
 )
 from .hf_config import MessiConfig
 from .io import atomic_dir, check_writable_target, write_json
-from .layers import CoordinateStorage, FactorizedEmbedding, ProjectiveEmbedding, _LowRankEmbedding
+from .layers import FactorizedEmbedding, ProjectiveEmbedding, _LowRankEmbedding
 from .stfolder import copy_sentence_transformers_files
+from .storage import CoordinateStorage
 from .targets import distinct_state, empty_linear, input_embedding, install_embedding, install_linear
 from .tensorfile import load_tensors, save_aligned
 
