@@ -129,6 +129,27 @@ def test_exact_rows_with_quantized_coordinates_store_only_the_factored_rows_and_
         assert torch.equal(again(input_ids=ids).last_hidden_state, model(input_ids=ids).last_hidden_state)
 
 
+def test_the_bases_refit_with_exact_rows_is_judged_on_the_whole_table(monkeypatch):
+    """The refit of the bases after quantization is kept only if it lowers the error of the
+    table: every row, compared with its own factored or exact row (not the first n - m rows)."""
+    import messi.fit as fit
+    from messi.calibration import CalibrationData
+    model = tiny(transformers.BertModel)
+    n, _ = model.get_input_embeddings().weight.shape
+    seen = []
+    measure = fit.relative_error
+
+    def recording(A, approx, *args, **kwargs):
+        if callable(approx):
+            seen.append(A.shape[0])
+        return measure(A, approx, *args, **kwargs)
+
+    monkeypatch.setattr(fit, "relative_error", recording)
+    weights = CalibrationData(row_weights=torch.rand(n, generator=torch.Generator().manual_seed(0)) + 1)
+    messi.compress(model, None, weights, method="messi", k=2, ratio=0.5, bits=8, n_init=1, max_iter=5, exact_rows=10)
+    assert seen and set(seen) == {n}
+
+
 def test_size_meets_its_budget_and_records_its_candidates():
     model = messi.compress(tiny(transformers.BertModel), method="messi", k=2, size=0.15, n_init=1, max_iter=5)
     info = model.messi_config

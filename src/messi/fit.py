@@ -133,23 +133,32 @@ def _quantize_layer(layer, A, labels, bits, group_size, weights, metric, error_o
     lowers the error the fit minimised (``error_of()``; default the table's weighted / output
     error); both kept in the layer's storage (fp16 bases). Returns the storage's messi.json fields."""
     name = layer._basis_names[0]
-    tokens = layer.coordinate_tokens()
-    if tokens is not None:  # the coordinates hold only the rows not kept exact
-        A, labels = A[tokens.to(A.device)], labels[tokens.to(labels.device)]
-        weights = None if weights is None else weights[tokens.to(weights.device)]
-    _equalize_columns(layer, labels)
-    layer.quantize_(bits, group_size)
+    # judged on the whole table; the equalisation and the refit see only the rows the
+    # coordinates hold (not those kept exact)
     error_of = error_of or (lambda: relative_error(A, table_rows(layer), weights, metric))
+    held_A, held_labels, held_weights = _coordinate_rows_of(layer, A, labels, weights)
+    _equalize_columns(layer, held_labels)
+    layer.quantize_(bits, group_size)
     with torch.no_grad():
         before = error_of()
         kept = getattr(layer, name).detach().clone()
-        refit = refit_bases(A, layer._coords(), labels, _cluster_count(getattr(layer, name)), weights)
+        refit = refit_bases(held_A, layer._coords(), held_labels, _cluster_count(getattr(layer, name)), held_weights)
         getattr(layer, name).copy_(refit.reshape(kept.shape).to(kept.dtype))
         after = error_of()
         if not after < before:
             getattr(layer, name).copy_(kept)
     return {"bits": bits, "group_size": group_size, "bases_refit": bool(after < before),
             "bases_dtype": "float16"}
+
+
+def _coordinate_rows_of(layer, A, labels, weights):
+    """``A`` (n, d), ``labels`` (n,) and ``weights`` (n,) or None at the rows ``layer``'s
+    coordinates hold (``coordinate_tokens``: all of them unless rows are kept exact)."""
+    tokens = layer.coordinate_tokens()
+    if tokens is None:
+        return A, labels, weights
+    return (A[tokens.to(A.device)], labels[tokens.to(labels.device)],
+            None if weights is None else weights[tokens.to(weights.device)])
 
 
 def _cluster_count(basis: torch.Tensor) -> int:
