@@ -83,14 +83,11 @@ class _LowRankEmbedding(CoordinateStorage):
         """(slot, tokens): each token's row of ``coords`` (n,) int64 (0 for exact rows: never
         read) and the tokens that have one (n - m,) int64, in order; cached until
         ``exact_slot`` changes (loading writes it in place)."""
-        if torch.compiler.is_compiling() and getattr(self, "_rows_plan", None) is not None:
-            return self._rows_plan[1:]  # traced for export: constants of the weights
-        key = (self.exact_slot.data_ptr(), self.exact_slot._version, self.exact_slot.device)
-        if getattr(self, "_rows_plan", None) is None or self._rows_plan[0] != key:
+        def build():
             factored = self.exact_slot < 0
-            slot = (torch.cumsum(factored, 0) - 1).clamp(min=0)
-            self._rows_plan = (key, slot, torch.nonzero(factored).squeeze(1))
-        return self._rows_plan[1:]
+            return (torch.cumsum(factored, 0) - 1).clamp(min=0), torch.nonzero(factored).squeeze(1)
+
+        return self._cached_plan("_rows_plan", (self.exact_slot,), build)
 
     def coordinate_tokens(self) -> torch.Tensor | None:
         """Token ids (n - m,) whose rows ``coords`` holds, in order; None when it holds every row."""
@@ -278,21 +275,18 @@ class ProjectiveEmbedding(_LowRankEmbedding):
         return torch.empty_like(out_sorted).index_copy(0, order, out_sorted)
 
     def _table_plan(self):
-        """``_by_cluster`` of every row, cached until ``labels`` changes (loading writes it in
-        place): the head's per-cluster columns are a property of the weights, not of the input."""
-        if torch.compiler.is_compiling() and getattr(self, "_plan", None) is not None:
-            return self._plan[1:]  # traced for export: the plan of the weights, as constants
-        key = (self.labels.data_ptr(), self.labels._version, self.labels.device)
-        if self.exact_slot is not None:
-            key += (self.exact_slot.data_ptr(), self.exact_slot._version)
-        if getattr(self, "_plan", None) is None or self._plan[0] != key:
+        """(tokens in cluster order, cluster sizes) of every row the coordinates hold, cached
+        until ``labels`` or ``exact_slot`` changes: the head's per-cluster columns are a property
+        of the weights, not of the input."""
+        def build():
             tokens = self.coordinate_tokens()
             if tokens is None:
-                self._plan = (key, *self._by_cluster(self.labels.long()))
-            else:  # the exact rows' columns are written by ``attend``
-                order, counts = self._by_cluster(self.labels[tokens].long())
-                self._plan = (key, tokens[order], counts)
-        return self._plan[1:]
+                return self._by_cluster(self.labels.long())
+            order, counts = self._by_cluster(self.labels[tokens].long())  # exact columns: ``attend``
+            return tokens[order], counts
+
+        buffers = (self.labels,) if self.exact_slot is None else (self.labels, self.exact_slot)
+        return self._cached_plan("_plan", buffers, build)
 
     #: Up to this many (positions x clusters), the head scores every token in every subspace in
     #: one product and keeps each token's own (decoding, a position at a time: it reads the

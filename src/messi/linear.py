@@ -109,7 +109,6 @@ class ProjectiveLinear(_FactoredLinear):
         self.coords = nn.Parameter(torch.zeros(m, rank))
         self.bases = nn.Parameter(torch.zeros(n_clusters, rank, p))
         self.register_buffer("labels", torch.zeros(m, dtype=_label_dtype(n_clusters)))
-        self._plan = None
 
     _basis_names = ("bases",)
 
@@ -135,15 +134,13 @@ class ProjectiveLinear(_FactoredLinear):
     def _clusters(self):
         """(order, counts, inverse): rows sorted by cluster, run lengths, and the permutation
         that undoes the sort; cached until ``labels`` changes (loading writes it in place)."""
-        if torch.compiler.is_compiling() and getattr(self, "_plan", None) is not None:
-            return self._plan[1:]  # traced for export: the plan of the weights, as constants
-        key = (self.labels.data_ptr(), self.labels._version, self.labels.device)
-        if self._plan is None or self._plan[0] != key:
+        def build():
             labels = self.labels.long()
             order = torch.argsort(labels, stable=True)
             counts = torch.bincount(labels, minlength=self.n_clusters).tolist()
-            self._plan = (key, order, counts, torch.argsort(order))
-        return self._plan[1:]
+            return order, counts, torch.argsort(order)
+
+        return self._cached_plan("_plan", (self.labels,), build)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in_features) -> (..., out_features)."""

@@ -71,6 +71,19 @@ class CoordinateStorage(nn.Module):
         """Which rows the coordinates hold: None, all of them in order."""
         return None
 
+    def _cached_plan(self, name: str, buffers: tuple[torch.Tensor, ...], build):
+        """``build()``: a plan derived from the integer ``buffers`` (cluster labels, exact-row
+        slots), kept in the attribute ``name`` until one of them changes (loading writes them in
+        place); while traced for export, the cached plan is used as constants of the weights."""
+        cached = getattr(self, name, None)
+        if torch.compiler.is_compiling() and cached is not None:
+            return cached[1]
+        key = tuple((b.data_ptr(), b._version, b.device) for b in buffers)
+        if cached is None or cached[0] != key:
+            cached = (key, build())
+            setattr(self, name, cached)
+        return cached[1]
+
     def _basis(self, name: str) -> torch.Tensor:
         return getattr(self, name).to(self.compute_dtype)
 
